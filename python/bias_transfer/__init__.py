@@ -1,0 +1,1 @@
+"""Compatibility package: the import paths recipe files of the original framework use."""

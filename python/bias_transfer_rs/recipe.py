@@ -1,0 +1,115 @@
+"""Recipe folders: finding them, importing an experiment module, and turning its
+`transfer_experiments` into a plan of chains."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bias_transfer.configs.base import BaseConfig
+from bias_transfer.configs.experiment import Experiment
+from bias_transfer.configs.transfer_experiment import TransferExperiment
+from bias_transfer_rs._core import RecipeError, resolve_commits
+
+
+@dataclass
+class Recipe:
+    """A recipe folder `_yyyy_mm_dd_name/` inside a recipes directory."""
+
+    recipes_dir: Path
+    name: str
+
+    @property
+    def path(self) -> Path:
+        return self.recipes_dir / self.name
+
+    @property
+    def commits_file(self) -> Path:
+        return self.path / "__commits.json"
+
+    def experiments(self) -> list[str]:
+        """The experiment modules of the recipe."""
+        return sorted(p.stem for p in self.path.glob("*.py") if not p.stem.startswith("_"))
+
+    def default_schema(self) -> str:
+        """`bias_transfer_<recipe>` without the leading underscore."""
+        return "bias_transfer_" + self.name.lstrip("_")
+
+
+def find_recipe(recipes_dir: Path, name: str | None) -> Recipe:
+    """The recipe folder `name`, or the first one in sorted order when `name` is empty."""
+    available = sorted(
+        p.name for p in recipes_dir.iterdir() if p.is_dir() and p.name.startswith("_2")
+    )
+    if not name:
+        if not available:
+            raise RecipeError(f"no recipe folders (`_yyyy_mm_dd_name/`) in `{recipes_dir}`")
+        name = available[0]
+    recipe = Recipe(recipes_dir, name)
+    if not recipe.path.is_dir():
+        listed = ", ".join(f"`{a}`" for a in available) or "none"
+        raise RecipeError(f"recipe folder `{name}` not found in `{recipes_dir}`; "
+                          f"available: {listed}")
+    if not recipe.commits_file.is_file():
+        raise RecipeError(f"recipe `{name}` has no `__commits.json` in `{recipe.path}`")
+    return recipe
+
+
+def pins(recipe: Recipe, experiment: str | None) -> list[tuple[str, str, str]]:
+    """The resolved pins `(repo, revision, source)` of an experiment (or the default)."""
+    return resolve_commits(recipe.commits_file, experiment or "default")
+
+
+def load_transfer_experiments(recipe: Recipe, experiment: str | None) -> dict[Any, Any]:
+    """Import the experiment module (or the recipe's `__init__`) and return its
+    `transfer_experiments`."""
+    if experiment and experiment not in recipe.experiments():
+        listed = ", ".join(f"`{e}`" for e in recipe.experiments()) or "none"
+        raise RecipeError(f"experiment module `{experiment}` not found in recipe "
+                          f"`{recipe.name}` (`{recipe.path}`); available: {listed}")
+    module_name = f"{recipe.name}.{experiment}" if experiment else recipe.name
+    if str(recipe.recipes_dir) not in sys.path:
+        sys.path.insert(0, str(recipe.recipes_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise RecipeError(f"importing `{module_name}` from `{recipe.recipes_dir}` failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    found = getattr(module, "transfer_experiments", None)
+    if not isinstance(found, dict):
+        raise RecipeError(f"`{module_name}` defines no `transfer_experiments` dict")
+    return found
+
+
+def _config(config: BaseConfig) -> dict[str, Any]:
+    return {"fn": config.fn, "config": config.to_dict(), "comment": config.comment}
+
+
+def _stage(exp: Experiment) -> dict[str, Any]:
+    return {
+        "dataset": _config(exp.dataset),
+        "model": _config(exp.model),
+        "trainer": _config(exp.trainer),
+        "seed": int(exp.seed),
+        "comment": exp.comment,
+    }
+
+
+def build_plan(transfer_experiments: dict[Any, Any]) -> dict[str, Any]:
+    """The plan of a `transfer_experiments` dict: one chain per entry; a plain
+    `Experiment` is a one-stage chain."""
+    chains = []
+    for desc, value in transfer_experiments.items():
+        name, seed = getattr(desc, "name", str(desc)), getattr(desc, "seed", None)
+        if isinstance(value, Experiment):
+            value = TransferExperiment([value])
+        if not isinstance(value, TransferExperiment):
+            raise RecipeError(f"transfer_experiments[{desc!r}] is a {type(value).__name__}, "
+                              "not a TransferExperiment or Experiment")
+        stages = [_stage(e) for e in value.experiments]
+        chains.append({"name": name, "seed": int(seed if seed is not None else stages[0]["seed"]),
+                       "stages": stages})
+    return {"chains": chains}

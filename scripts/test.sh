@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run every test: the Rust unit tests and the pytest suites (which train on real data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+bash scripts/install.sh
+"$PYTHON" -m pip install -q --root-user-action=ignore "pytest>=8"
+LIBTORCH_USE_PYTORCH=1 cargo test --release
+"$PYTHON" -m pytest -v "$@"

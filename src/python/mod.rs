@@ -1,0 +1,227 @@
+//! The Python bindings: conversions and exceptions only.
+
+use std::path::PathBuf;
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+use crate::config::Value;
+use crate::recipe::{self, RecipeError as CoreRecipeError};
+use crate::runner::{self, Plan, RunError, RunOptions, StageReport};
+
+create_exception!(
+    _core,
+    BiasTransferError,
+    PyException,
+    "Base of every error the module raises."
+);
+create_exception!(
+    _core,
+    RecipeError,
+    BiasTransferError,
+    "A recipe, plan or `__commits.json` is invalid."
+);
+create_exception!(
+    _core,
+    ConfigError,
+    BiasTransferError,
+    "A config value cannot be represented."
+);
+create_exception!(
+    _core,
+    DataError,
+    BiasTransferError,
+    "Data is missing, corrupt or misconfigured."
+);
+create_exception!(
+    _core,
+    TrainingError,
+    BiasTransferError,
+    "A model or trainer config is invalid, or training failed."
+);
+create_exception!(
+    _core,
+    StoreError,
+    BiasTransferError,
+    "The database or artifact store failed."
+);
+
+fn run_error(err: RunError) -> PyErr {
+    let message = err.to_string();
+    let mut inner = &err;
+    while let RunError::Stage { source, .. } = inner {
+        inner = source;
+    }
+    match inner {
+        RunError::Plan(_) | RunError::Stage { .. } => RecipeError::new_err(message),
+        RunError::Data(_) => DataError::new_err(message),
+        RunError::Training(_) => TrainingError::new_err(message),
+        RunError::Store(_) => StoreError::new_err(message),
+    }
+}
+
+fn recipe_error(err: CoreRecipeError) -> PyErr {
+    RecipeError::new_err(err.to_string())
+}
+
+/// Convert a Python object (None, bool, int, float, str, list, tuple, dict) to a value.
+fn to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    if obj.is_none() {
+        Ok(Value::None)
+    } else if let Ok(b) = obj.downcast::<PyBool>() {
+        Ok(Value::Bool(b.is_true()))
+    } else if obj.is_instance_of::<PyInt>() {
+        obj.extract::<i64>()
+            .map(Value::Int)
+            .map_err(|_| ConfigError::new_err(format!("integer `{obj}` does not fit in 64 bits")))
+    } else if let Ok(f) = obj.downcast::<PyFloat>() {
+        Ok(Value::Float(f.value()))
+    } else if let Ok(s) = obj.downcast::<PyString>() {
+        Ok(Value::Str(s.to_str()?.to_string()))
+    } else if let Ok(list) = obj.downcast::<PyList>() {
+        list.iter()
+            .map(|item| to_value(&item))
+            .collect::<PyResult<_>>()
+            .map(Value::List)
+    } else if let Ok(tuple) = obj.downcast::<PyTuple>() {
+        tuple
+            .iter()
+            .map(|item| to_value(&item))
+            .collect::<PyResult<_>>()
+            .map(Value::List)
+    } else if let Ok(dict) = obj.downcast::<PyDict>() {
+        dict.iter()
+            .map(|(k, v)| Ok((to_value(&k)?, to_value(&v)?)))
+            .collect::<PyResult<_>>()
+            .map(Value::Dict)
+    } else {
+        let kind = obj.get_type().name()?.to_string();
+        Err(ConfigError::new_err(format!(
+            "cannot store a value of type `{kind}` in a config: `{obj}`; use None, bool, int, \
+             float, str, list, tuple or dict"
+        )))
+    }
+}
+
+/// The identity hash of a config value (32 hex digits).
+#[pyfunction]
+fn config_hash(obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(to_value(obj)?.hash())
+}
+
+/// The canonical encoding of a config value.
+#[pyfunction]
+fn canonical(obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(to_value(obj)?.canonical())
+}
+
+/// Resolve the pins of `experiment` in a `__commits.json`: `[(repo, revision, source)]`.
+#[pyfunction]
+fn resolve_commits(path: PathBuf, experiment: &str) -> PyResult<Vec<(String, String, String)>> {
+    let pins = recipe::resolve_commits(&path, experiment).map_err(recipe_error)?;
+    Ok(pins
+        .into_iter()
+        .map(|p| (p.repo, p.revision, p.source.as_str().to_string()))
+        .collect())
+}
+
+fn plan_and_options(
+    plan: &Bound<'_, PyAny>,
+    work_dir: PathBuf,
+    schema: String,
+    data_dir: Option<PathBuf>,
+    quiet: bool,
+) -> PyResult<(Plan, RunOptions)> {
+    let plan = Plan::from_value(&to_value(plan)?).map_err(run_error)?;
+    Ok((
+        plan,
+        RunOptions {
+            work_dir,
+            schema,
+            data_dir,
+            quiet,
+        },
+    ))
+}
+
+fn reports_json(reports: Vec<StageReport>) -> String {
+    serde_json::Value::Array(reports.iter().map(StageReport::to_json).collect()).to_string()
+}
+
+/// Describe a plan against the database without writing: a JSON list of stage reports.
+#[pyfunction]
+#[pyo3(signature = (plan, work_dir, schema, data_dir=None))]
+fn describe_plan(
+    py: Python<'_>,
+    plan: &Bound<'_, PyAny>,
+    work_dir: PathBuf,
+    schema: String,
+    data_dir: Option<PathBuf>,
+) -> PyResult<String> {
+    let (plan, options) = plan_and_options(plan, work_dir, schema, data_dir, true)?;
+    let reports = py
+        .allow_threads(|| runner::describe(&plan, &options))
+        .map_err(run_error)?;
+    Ok(reports_json(reports))
+}
+
+/// Run a plan, training what is not trained yet: a JSON list of stage reports.
+#[pyfunction]
+#[pyo3(signature = (plan, work_dir, schema, data_dir=None, quiet=false))]
+fn run_plan(
+    py: Python<'_>,
+    plan: &Bound<'_, PyAny>,
+    work_dir: PathBuf,
+    schema: String,
+    data_dir: Option<PathBuf>,
+    quiet: bool,
+) -> PyResult<String> {
+    let (plan, options) = plan_and_options(plan, work_dir, schema, data_dir, quiet)?;
+    let reports = py
+        .allow_threads(|| runner::run(&plan, &options))
+        .map_err(run_error)?;
+    Ok(reports_json(reports))
+}
+
+/// Check a schema name; raises `StoreError` when it is not a valid identifier.
+#[pyfunction]
+fn validate_schema(schema: &str) -> PyResult<()> {
+    crate::store::validate_schema(schema).map_err(|e| StoreError::new_err(e.to_string()))
+}
+
+fn init_logging() {
+    let env = env_logger::Env::default().filter_or("BT_LOG", "info");
+    let _ = env_logger::Builder::from_env(env)
+        .format_target(false)
+        .format_timestamp_secs()
+        .try_init();
+}
+
+/// The compiled core of bias_transfer_rs.
+#[pymodule]
+#[pyo3(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    init_logging();
+    let py = m.py();
+    m.add("__version__", crate::VERSION)?;
+    m.add("__git_commit__", crate::GIT_COMMIT)?;
+    for (name, exc) in [
+        ("BiasTransferError", py.get_type::<BiasTransferError>()),
+        ("RecipeError", py.get_type::<RecipeError>()),
+        ("ConfigError", py.get_type::<ConfigError>()),
+        ("DataError", py.get_type::<DataError>()),
+        ("TrainingError", py.get_type::<TrainingError>()),
+        ("StoreError", py.get_type::<StoreError>()),
+    ] {
+        m.add(name, exc)?;
+    }
+    m.add_function(wrap_pyfunction!(config_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(canonical, m)?)?;
+    m.add_function(wrap_pyfunction!(resolve_commits, m)?)?;
+    m.add_function(wrap_pyfunction!(describe_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(run_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_schema, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! One training stage: train with validation, keep the best epoch, sweep the noise test
+//! levels, evaluate on the test split.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Map, Value as Json};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use super::model::SmallCnn;
+use super::{ModelSpec, OptimizerKind, TrainerSpec, TrainingError};
+use crate::data::{BatchStream, Dataset, StreamPlan};
+use crate::noise::NoiseSpec;
+
+/// Everything one stage trains from.
+pub struct StageInput<'a> {
+    pub dataset: &'a Dataset,
+    pub model: &'a ModelSpec,
+    pub trainer: &'a TrainerSpec,
+    pub seed: u64,
+    /// Weights of the previous stage of the chain, if any.
+    pub init_weights: Option<&'a Path>,
+    /// Shown in progress bars and log lines.
+    pub label: String,
+    pub quiet: bool,
+}
+
+/// What a trained stage gives back.
+pub struct StageResult {
+    /// Test accuracy in percent.
+    pub score: f64,
+    /// `[train_stats, final_results]` as the original trainer returned them.
+    pub output: Json,
+    /// The model with the best epoch's weights.
+    pub weights: nn::VarStore,
+}
+
+/// Accuracy (percent) and mean batch loss of one pass.
+#[derive(Clone, Copy, Debug)]
+struct Pass {
+    acc: f64,
+    loss: f64,
+    images_per_s: f64,
+}
+
+/// Train one stage end to end.
+pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
+    // 1. Model, initial weights, frozen parts.
+    tch::manual_seed(input.seed as i64);
+    let device = if input.trainer.force_cpu {
+        Device::Cpu
+    } else {
+        Device::cuda_if_available()
+    };
+    let mut vs = nn::VarStore::new(device);
+    let mut model = SmallCnn::new(&vs.root(), input.model);
+    if let Some(path) = input.init_weights {
+        load_previous(&mut vs, path)?;
+        if input.trainer.reset_linear {
+            model.reset_readout();
+        }
+    }
+    freeze(&vs, &input.trainer.freeze)?;
+
+    // 2. Epochs: train, validate, keep the strictly best, step the schedule.
+    let spec = input.trainer;
+    let mut opt = build_optimizer(&vs, spec)?;
+    let mut schedule = Schedule::new(spec);
+    let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
+    let mut train_stats = Vec::with_capacity(spec.num_epochs);
+    for epoch in 1..=spec.num_epochs {
+        let train = train_epoch(input, &model, &mut opt, device, epoch)?;
+        let dev = evaluate(input, &model, device, Which::Valid, spec.noise.as_ref())?;
+        log::info!(
+            "{} epoch {epoch}/{}: train loss {:.4} acc {:.2}% | dev loss {:.4} acc {:.2}% | \
+             {:.0} img/s | lr {:.2e}",
+            input.label,
+            spec.num_epochs,
+            train.loss,
+            train.acc,
+            dev.loss,
+            dev.acc,
+            train.images_per_s,
+            schedule.lr
+        );
+        train_stats.push(json!({
+            "train_acc": train.acc, "train_loss": train.loss, "train_module_loss": 0.0,
+            "dev_acc": dev.acc, "dev_loss": dev.loss, "dev_module_loss": 0.0,
+            "lr": schedule.lr, "images_per_s": train.images_per_s,
+        }));
+        if best.as_ref().is_none_or(|(acc, _, _)| dev.acc > *acc) {
+            best = Some((dev.acc, epoch, snapshot(&vs)));
+        }
+        if let Some(lr) = schedule.step(epoch, dev.loss) {
+            opt.set_lr(lr);
+        }
+    }
+
+    // 3. Reload the best epoch, sweep the noise levels, test.
+    let (best_acc, best_epoch) = match best {
+        Some((acc, epoch, weights)) => {
+            restore(&vs, &weights);
+            (acc, epoch)
+        }
+        None => (0.0, 0),
+    };
+    let (noise_acc, noise_loss) = noise_sweep(input, &model, device)?;
+    let test = evaluate(input, &model, device, Which::Test, None)?;
+    log::info!(
+        "{}: test acc {:.2}% (best epoch {best_epoch})",
+        input.label,
+        test.acc
+    );
+    let final_results = json!({
+        "test_acc": test.acc, "test_loss": test.loss, "dev_acc": best_acc, "epoch": best_epoch,
+        "dev_noise_acc": noise_acc, "dev_noise_loss": noise_loss,
+    });
+    Ok(StageResult {
+        score: test.acc,
+        output: json!([train_stats, final_results]),
+        weights: vs,
+    })
+}
+
+fn load_previous(vs: &mut nn::VarStore, path: &Path) -> Result<(), TrainingError> {
+    let missing = vs.load_partial(path).map_err(|e| TrainingError::Weights {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if !missing.is_empty() {
+        log::warn!(
+            "weights `{}` lack {}; those stay freshly initialised",
+            path.display(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn freeze(vs: &nn::VarStore, parts: &[String]) -> Result<(), TrainingError> {
+    let vars = vs.variables();
+    for part in parts {
+        let prefix = format!("{part}.");
+        let mut hit = false;
+        for (name, var) in &vars {
+            if name.starts_with(&prefix) {
+                let _ = var.set_requires_grad(false);
+                hit = true;
+            }
+        }
+        if !hit {
+            return Err(TrainingError::Trainer(format!(
+                "`freeze` names `{part}`, which the model lacks; valid: `core`, `readout`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn build_optimizer(vs: &nn::VarStore, spec: &TrainerSpec) -> Result<nn::Optimizer, TrainingError> {
+    let opt = match spec.optimizer {
+        OptimizerKind::Adam => nn::Adam {
+            wd: spec.weight_decay,
+            amsgrad: spec.amsgrad,
+            ..Default::default()
+        }
+        .build(vs, spec.lr)?,
+        OptimizerKind::Sgd => nn::Sgd {
+            momentum: spec.momentum,
+            wd: spec.weight_decay,
+            ..Default::default()
+        }
+        .build(vs, spec.lr)?,
+        OptimizerKind::RmsProp => nn::RmsProp {
+            momentum: spec.momentum,
+            wd: spec.weight_decay,
+            ..Default::default()
+        }
+        .build(vs, spec.lr)?,
+    };
+    Ok(opt)
+}
+
+/// MultiStepLR, or ReduceLROnPlateau on the dev loss when `adaptive_lr` is set.
+struct Schedule {
+    lr: f64,
+    decay: f64,
+    milestones: Vec<usize>,
+    plateau: Option<Plateau>,
+}
+
+struct Plateau {
+    best: f64,
+    bad_epochs: usize,
+    patience: usize,
+    threshold: f64,
+}
+
+impl Schedule {
+    fn new(spec: &TrainerSpec) -> Schedule {
+        let plateau = spec.adaptive_lr.then_some(Plateau {
+            best: f64::INFINITY,
+            bad_epochs: 0,
+            patience: spec.patience,
+            threshold: spec.threshold,
+        });
+        Schedule {
+            lr: spec.lr,
+            decay: spec.lr_decay,
+            milestones: spec.lr_milestones.clone(),
+            plateau,
+        }
+    }
+
+    /// Step after `epoch`; the new learning rate when it changed.
+    fn step(&mut self, epoch: usize, dev_loss: f64) -> Option<f64> {
+        let decay = match &mut self.plateau {
+            Some(p) if dev_loss < p.best * (1.0 - p.threshold) => {
+                p.best = dev_loss;
+                p.bad_epochs = 0;
+                false
+            }
+            Some(p) => {
+                p.bad_epochs += 1;
+                let hit = p.bad_epochs > p.patience;
+                if hit {
+                    p.bad_epochs = 0;
+                }
+                hit
+            }
+            None => self.milestones.contains(&epoch),
+        };
+        decay.then(|| {
+            self.lr *= self.decay;
+            self.lr
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Valid,
+    Test,
+}
+
+fn cross_entropy(logits: &Tensor, ys: &Tensor) -> Result<Tensor, tch::TchError> {
+    logits.f_cross_entropy_loss::<Tensor>(ys, None, tch::Reduction::Mean, -100, 0.0)
+}
+
+fn to_tensors(batch: &crate::data::Batch, side: i64, device: Device) -> (Tensor, Tensor) {
+    let n = batch.labels.len() as i64;
+    let xs = Tensor::from_slice(&batch.images)
+        .view([n, 1, side, side])
+        .to_device(device);
+    let ys = Tensor::from_slice(&batch.labels).to_device(device);
+    (xs, ys)
+}
+
+fn train_epoch(
+    input: &StageInput,
+    model: &SmallCnn,
+    opt: &mut nn::Optimizer,
+    device: Device,
+    epoch: usize,
+) -> Result<Pass, TrainingError> {
+    let data = input.dataset;
+    let epoch_seed = input
+        .seed
+        .wrapping_mul(1_000_003)
+        .wrapping_add(epoch as u64);
+    let mut order = data.train_indices.clone();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
+    let batches = order.len().div_ceil(data.spec.batch_size) as u64;
+    let stream = BatchStream::start(StreamPlan {
+        split: (data.train.images.clone(), data.train.labels.clone()),
+        order,
+        batch_size: data.spec.batch_size,
+        norm: data.spec.normalization(),
+        noise: input.trainer.noise.clone(),
+        noise_seed: epoch_seed ^ 0x5eed,
+    });
+    let bar = progress(
+        input,
+        batches,
+        &format!("epoch {epoch}/{}", input.trainer.num_epochs),
+    );
+    let side = data.train.images.rows as i64;
+    let start = Instant::now();
+    let (mut loss_sum, mut correct, mut seen, mut steps) = (0.0, 0i64, 0usize, 0usize);
+    for batch in stream {
+        let (xs, ys) = to_tensors(&batch, side, device);
+        let logits = model.forward(&xs).logits;
+        let loss = cross_entropy(&logits, &ys)?;
+        opt.backward_step(&loss);
+        loss_sum += loss.double_value(&[]);
+        correct += logits
+            .argmax(-1, false)
+            .eq_tensor(&ys)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        seen += batch.labels.len();
+        steps += 1;
+        bar.inc(1);
+        bar.set_message(format!(
+            "loss {:.4} acc {:.2}%",
+            loss_sum / steps as f64,
+            100.0 * correct as f64 / seen as f64
+        ));
+    }
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Pass {
+        acc: 100.0 * correct as f64 / seen.max(1) as f64,
+        loss: loss_sum / steps.max(1) as f64,
+        images_per_s: seen as f64 / secs.max(1e-9),
+    })
+}
+
+/// Evaluate without gradients; evaluation noise is seeded by the experiment seed, so every
+/// evaluation of the same split sees the same noise.
+fn evaluate(
+    input: &StageInput,
+    model: &SmallCnn,
+    device: Device,
+    which: Which,
+    noise: Option<&NoiseSpec>,
+) -> Result<Pass, TrainingError> {
+    let data = input.dataset;
+    let (split, order) = match which {
+        Which::Valid => (&data.train, data.valid_indices.clone()),
+        Which::Test => (&data.test, (0..data.test.images.count).collect()),
+    };
+    let stream = BatchStream::start(StreamPlan {
+        split: (split.images.clone(), split.labels.clone()),
+        order,
+        batch_size: data.spec.batch_size.max(256),
+        norm: data.spec.normalization(),
+        noise: noise.cloned(),
+        noise_seed: input.seed,
+    });
+    let side = split.images.rows as i64;
+    let start = Instant::now();
+    tch::no_grad(|| {
+        let (mut loss_sum, mut correct, mut seen, mut steps) = (0.0, 0i64, 0usize, 0usize);
+        for batch in stream {
+            let (xs, ys) = to_tensors(&batch, side, device);
+            let logits = model.forward(&xs).logits;
+            loss_sum += cross_entropy(&logits, &ys)?.double_value(&[]);
+            correct += logits
+                .argmax(-1, false)
+                .eq_tensor(&ys)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            seen += batch.labels.len();
+            steps += 1;
+        }
+        Ok(Pass {
+            acc: 100.0 * correct as f64 / seen.max(1) as f64,
+            loss: loss_sum / steps.max(1) as f64,
+            images_per_s: seen as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        })
+    })
+}
+
+fn noise_sweep(
+    input: &StageInput,
+    model: &SmallCnn,
+    device: Device,
+) -> Result<(Json, Json), TrainingError> {
+    let mut acc = Map::new();
+    let mut loss = Map::new();
+    for (kind, key, spec) in &input.trainer.noise_test {
+        let pass = evaluate(input, model, device, Which::Valid, Some(spec))?;
+        acc.entry(kind.to_string()).or_insert_with(|| json!({}))[key.as_str()] = json!(pass.acc);
+        loss.entry(kind.to_string()).or_insert_with(|| json!({}))[key.as_str()] = json!(pass.loss);
+    }
+    Ok((Json::Object(acc), Json::Object(loss)))
+}
+
+fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
+    vs.variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.detach().copy()))
+        .collect()
+}
+
+fn restore(vs: &nn::VarStore, weights: &HashMap<String, Tensor>) {
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            if let Some(saved) = weights.get(&name) {
+                var.copy_(saved);
+            }
+        }
+    });
+}
+
+fn progress(input: &StageInput, len: u64, prefix: &str) -> ProgressBar {
+    if input.quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let style =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("{} {prefix}", input.label));
+    bar
+}
