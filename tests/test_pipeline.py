@@ -1,0 +1,120 @@
+"""The whole pipeline on a small generated dataset in the real idx formats: configs and
+rows in the database, weights in the artifact store, transfer semantics, reruns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import pytest
+import safetensors_io
+import torch
+
+from conftest import make_tiny_dataset, run_main, table_counts
+
+RECIPE = "_2026_01_01_tiny"
+
+
+def write_recipe(recipes: Path, data_dir: Path) -> None:
+    folder = recipes / RECIPE
+    folder.mkdir(parents=True)
+    (folder / "__commits.json").write_text('{"default": {"bias_transfer_rs": "abc"}}')
+    (folder / "__init__.py").write_text("")
+    (folder / "tiny.py").write_text(textwrap.dedent(f"""
+        from bias_transfer.configs import dataset, model, trainer
+        from bias_transfer.configs.base import Description
+        from bias_transfer.configs.experiment import Experiment
+        from bias_transfer.configs.transfer_experiment import TransferExperiment
+
+        data = dataset.DatasetConfig(dataset_cls="FashionMNIST", data_dir="{data_dir}",
+                                     input_size=28, batch_size=32, apply_data_augmentation=False,
+                                     apply_data_normalization=False)
+        net = model.ModelConfig(dataset_cls="FashionMNIST", cnn_builder="cnn")
+        noise_test = {{"noise_std": [{{0.0: 1.0}}, {{0.5: 1.0}}]}}
+        first = Experiment(data, net, trainer.TrainerConfig(
+            comment="Noisy", num_epochs=2, lr=1e-3, noise_std={{0.2: 0.5, -1: 0.5}},
+            noise_test=noise_test), seed=7)
+        second = Experiment(data, net, trainer.TrainerConfig(
+            comment="Transfer", num_epochs=1, lr=1e-3, freeze=("core",), reset_linear=True,
+            noise_test=noise_test), seed=7)
+        experiments = {{}}
+        transfer_experiments = {{
+            Description("Noisy -> Transfer", 7): TransferExperiment([first, second]),
+            Description("Noisy", 7): first,
+        }}
+        """))
+
+
+@pytest.fixture
+def tiny(tmp_path: Path):
+    def make(compress: bool) -> Path:
+        recipes = tmp_path / f"recipes-{compress}"
+        write_recipe(recipes, make_tiny_dataset(tmp_path / f"data-{compress}",
+                                                compress=compress))
+        return recipes
+    return make
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["gzip", "raw"])
+def test_trains_stores_and_skips_on_rerun(tiny, work_dir: Path, compress: bool):
+    recipes = tiny(compress)
+    proc = run_main(["--recipe", RECIPE, "--experiment", "tiny"], work_dir, recipes)
+    assert proc.returncode == 0, proc.stderr
+    assert "Noisy -> Transfer 1/2] epoch 2/2: train loss" in proc.stderr
+    assert "img/s" in proc.stderr
+
+    # 1. Rows: one trained model per distinct stage; the one-stage chain reuses stage 0.
+    db = work_dir / "db" / "bias_transfer_2026_01_01_tiny.sqlite"
+    counts = table_counts(db)
+    assert {k: counts[k] for k in ("fabrikant", "seed", "dataset", "model", "trainer",
+                                   "trained_model", "chain_stage")} == {
+        "fabrikant": 1, "seed": 1, "dataset": 1, "model": 1, "trainer": 2,
+        "trained_model": 2, "chain_stage": 3}
+    with sqlite3.connect(db) as con:
+        con.row_factory = sqlite3.Row
+        rows = {r["comment"]: dict(r) for r in con.execute("SELECT * FROM trained_model")}
+    assert rows["Transfer"]["parent_key"] == rows["Noisy"]["key"]
+    assert rows["Noisy"]["parent_key"] is None
+    train_stats, final = json.loads(rows["Noisy"]["output"])
+    assert len(train_stats) == 2 and set(train_stats[0]) >= {"train_acc", "train_loss",
+                                                            "dev_acc", "dev_loss"}
+    assert set(final["dev_noise_acc"]["noise_std"]) == {"0.0_1.0", "0.5_1.0"}
+    assert final["test_acc"] == rows["Noisy"]["score"]
+    assert rows["Noisy"]["score"] > 90.0  # the generated classes are easy to separate
+
+    # 2. Weights: the stored sha256 matches; transfer froze the core and reset the readout.
+    weights = {}
+    for comment, row in rows.items():
+        path = work_dir / "artifacts" / "bias_transfer_2026_01_01_tiny" / \
+            row["weights_uri"].removeprefix("local:")
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["weights_sha256"]
+        assert path.stat().st_size == row["weights_size"]
+        weights[comment] = safetensors_io.load(path)
+    assert {k: tuple(v.shape) for k, v in weights["Noisy"].items()} == {
+        "core.conv1.weight": (32, 1, 3, 3), "core.conv1.bias": (32,),
+        "core.conv2.weight": (64, 32, 3, 3), "core.conv2.bias": (64,),
+        "readout.weight": (10, 3136), "readout.bias": (10,)}
+    for name in weights["Noisy"]:
+        same = torch.equal(weights["Noisy"][name], weights["Transfer"][name])
+        assert same == name.startswith("core."), name
+
+    # 3. A second run trains nothing and says so.
+    again = run_main(["--recipe", RECIPE, "--experiment", "tiny"], work_dir, recipes)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to train: all 3 stages were trained before" in again.stdout
+    assert table_counts(db)["trained_model"] == 2
+
+
+def test_same_seed_gives_identical_weights(tiny, tmp_path: Path):
+    recipes = tiny(True)
+    digests = []
+    for run in ("a", "b"):
+        work = tmp_path / f"work-{run}"
+        proc = run_main(["--recipe", RECIPE, "--experiment", "tiny"], work, recipes)
+        assert proc.returncode == 0, proc.stderr
+        with sqlite3.connect(work / "db" / "bias_transfer_2026_01_01_tiny.sqlite") as con:
+            digests.append(sorted(con.execute("SELECT key, weights_sha256 FROM trained_model")))
+    assert digests[0] == digests[1]
