@@ -1,5 +1,6 @@
-//! Records the git commit the crate is built from.
+//! Records the git commit the crate is built from, with `-dirty` for uncommitted changes.
 
+use std::path::Path;
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {
@@ -15,7 +16,19 @@ fn main() {
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let suffix = if dirty { "-dirty" } else { "" };
     println!("cargo:rustc-env=BT_GIT_COMMIT={commit}{suffix}");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/index");
-    println!("cargo:rerun-if-env-changed=BT_GIT_COMMIT");
+
+    // Re-run when HEAD moves (the branch ref itself changes on commit) or tracked files
+    // change, so the recorded commit and dirty flag never go stale.
+    if let Some(git_dir) = git(&["rev-parse", "--git-dir"]) {
+        let git_dir = Path::new(&git_dir);
+        for file in ["HEAD", "index", "packed-refs"] {
+            println!("cargo:rerun-if-changed={}", git_dir.join(file).display());
+        }
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={}", git_dir.join(branch).display());
+        }
+    }
+    for path in ["src", "python", "Cargo.toml", "pyproject.toml"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
 }

@@ -80,6 +80,13 @@ pub struct RunOptions {
     /// Replaces every dataset's `data_dir` (from `BT_DATA_DIR`).
     pub data_dir: Option<PathBuf>,
     pub quiet: bool,
+    /// Polled between batches; `true` stops the run with [`TrainingError::Interrupted`].
+    pub interrupted: fn() -> bool,
+}
+
+/// An interrupt check that never fires.
+pub fn never_interrupted() -> bool {
+    false
 }
 
 /// The state of one chain stage.
@@ -451,6 +458,7 @@ fn train_one(
         init_weights: init.as_deref(),
         label: format!("[{} {}/{}]", chain.name, i + 1, chain.stages.len()),
         quiet: options.quiet,
+        interrupted: options.interrupted,
     })?;
     let weights = save_weights(artifacts, &result.weights, key)?;
     Ok(TrainedRow {

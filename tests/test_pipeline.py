@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import pytest
 import safetensors_io
 import torch
 
-from conftest import make_tiny_dataset, run_main, table_counts
+from conftest import RECIPES, make_tiny_dataset, run_main, table_counts
 
 RECIPE = "_2026_01_01_tiny"
 
@@ -118,3 +122,24 @@ def test_same_seed_gives_identical_weights(tiny, tmp_path: Path):
         with sqlite3.connect(work / "db" / "bias_transfer_2026_01_01_tiny.sqlite") as con:
             digests.append(sorted(con.execute("SELECT key, weights_sha256 FROM trained_model")))
     assert digests[0] == digests[1]
+
+
+def test_ctrl_c_stops_training_and_stores_nothing_of_the_stage(tmp_path: Path, work_dir: Path):
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, make_tiny_dataset(tmp_path / "data"))
+    module = recipes / RECIPE / "tiny.py"
+    module.write_text(module.read_text().replace("num_epochs=2", "num_epochs=100000"))
+    env = {**os.environ, "BT_WORK_DIR": str(work_dir), "BT_LOG": "info"}
+    proc = subprocess.Popen(
+        [sys.executable, str(RECIPES / "main.py"), "--recipes-dir", str(recipes), "--quiet",
+         "--recipe", RECIPE, "--experiment", "tiny"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:
+        if "epoch 2/100000" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: the stage in progress was not stored" in err
+    assert table_counts(work_dir / "db" / "bias_transfer_2026_01_01_tiny.sqlite")[
+        "trained_model"] == 0

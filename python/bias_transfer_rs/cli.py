@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None, recipes_dir: Path | None = None) -> int:
     except _core.BiasTransferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the stage in progress was not stored; finished stages were",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

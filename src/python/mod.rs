@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
@@ -57,6 +57,9 @@ fn run_error(err: RunError) -> PyErr {
     match inner {
         RunError::Plan(_) | RunError::Stage { .. } => RecipeError::new_err(message),
         RunError::Data(_) => DataError::new_err(message),
+        RunError::Training(crate::train::TrainingError::Interrupted) => {
+            PyKeyboardInterrupt::new_err(message)
+        }
         RunError::Training(_) => TrainingError::new_err(message),
         RunError::Store(_) => StoreError::new_err(message),
     }
@@ -142,8 +145,14 @@ fn plan_and_options(
             schema,
             data_dir,
             quiet,
+            interrupted: python_interrupted,
         },
     ))
+}
+
+/// Run Python's signal handlers (Ctrl-C) from inside a long Rust call.
+fn python_interrupted() -> bool {
+    Python::with_gil(|py| py.check_signals().is_err())
 }
 
 fn reports_json(reports: Vec<StageReport>) -> String {

@@ -22,6 +22,8 @@ pub enum TrainingError {
     Data(#[from] DataError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("interrupted")]
+    Interrupted,
     #[error("weights `{path}`: {reason}")]
     Weights { path: String, reason: String },
 }

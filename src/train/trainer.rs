@@ -29,6 +29,8 @@ pub struct StageInput<'a> {
     /// Shown in progress bars and log lines.
     pub label: String,
     pub quiet: bool,
+    /// Polled between batches; `true` stops training.
+    pub interrupted: fn() -> bool,
 }
 
 /// What a trained stage gives back.
@@ -291,35 +293,67 @@ fn train_epoch(
         &format!("epoch {epoch}/{}", input.trainer.num_epochs),
     );
     let side = data.train.images.rows as i64;
-    let start = Instant::now();
-    let (mut loss_sum, mut correct, mut seen, mut steps) = (0.0, 0i64, 0usize, 0usize);
+    let mut tally = Tally::new();
     for batch in stream {
+        if (input.interrupted)() {
+            return Err(TrainingError::Interrupted);
+        }
         let (xs, ys) = to_tensors(&batch, side, device);
         let logits = model.forward(&xs).logits;
         let loss = cross_entropy(&logits, &ys)?;
         opt.backward_step(&loss);
-        loss_sum += loss.double_value(&[]);
-        correct += logits
-            .argmax(-1, false)
-            .eq_tensor(&ys)
-            .sum(Kind::Int64)
-            .int64_value(&[]);
-        seen += batch.labels.len();
-        steps += 1;
+        tally.add(&logits, &ys, &loss);
         bar.inc(1);
-        bar.set_message(format!(
-            "loss {:.4} acc {:.2}%",
-            loss_sum / steps as f64,
-            100.0 * correct as f64 / seen as f64
-        ));
+        bar.set_message(tally.message());
     }
     bar.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
-    Ok(Pass {
-        acc: 100.0 * correct as f64 / seen.max(1) as f64,
-        loss: loss_sum / steps.max(1) as f64,
-        images_per_s: seen as f64 / secs.max(1e-9),
-    })
+    Ok(tally.pass())
+}
+
+/// Running loss and accuracy of one pass over a split.
+struct Tally {
+    loss_sum: f64,
+    correct: i64,
+    seen: usize,
+    steps: usize,
+    start: Instant,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            loss_sum: 0.0,
+            correct: 0,
+            seen: 0,
+            steps: 0,
+            start: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, logits: &Tensor, ys: &Tensor, loss: &Tensor) {
+        self.loss_sum += loss.double_value(&[]);
+        self.correct += logits
+            .argmax(-1, false)
+            .eq_tensor(ys)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        self.seen += ys.size()[0] as usize;
+        self.steps += 1;
+    }
+
+    fn message(&self) -> String {
+        let pass = self.pass();
+        format!("loss {:.4} acc {:.2}%", pass.loss, pass.acc)
+    }
+
+    /// Accuracy in percent, mean batch loss, throughput.
+    fn pass(&self) -> Pass {
+        Pass {
+            acc: 100.0 * self.correct as f64 / self.seen.max(1) as f64,
+            loss: self.loss_sum / self.steps.max(1) as f64,
+            images_per_s: self.seen as f64 / self.start.elapsed().as_secs_f64().max(1e-9),
+        }
+    }
 }
 
 /// Evaluate without gradients; evaluation noise is seeded by the experiment seed, so every
@@ -345,26 +379,17 @@ fn evaluate(
         noise_seed: input.seed,
     });
     let side = split.images.rows as i64;
-    let start = Instant::now();
     tch::no_grad(|| {
-        let (mut loss_sum, mut correct, mut seen, mut steps) = (0.0, 0i64, 0usize, 0usize);
+        let mut tally = Tally::new();
         for batch in stream {
+            if (input.interrupted)() {
+                return Err(TrainingError::Interrupted);
+            }
             let (xs, ys) = to_tensors(&batch, side, device);
             let logits = model.forward(&xs).logits;
-            loss_sum += cross_entropy(&logits, &ys)?.double_value(&[]);
-            correct += logits
-                .argmax(-1, false)
-                .eq_tensor(&ys)
-                .sum(Kind::Int64)
-                .int64_value(&[]);
-            seen += batch.labels.len();
-            steps += 1;
+            tally.add(&logits, &ys, &cross_entropy(&logits, &ys)?);
         }
-        Ok(Pass {
-            acc: 100.0 * correct as f64 / seen.max(1) as f64,
-            loss: loss_sum / steps.max(1) as f64,
-            images_per_s: seen as f64 / start.elapsed().as_secs_f64().max(1e-9),
-        })
+        Ok(tally.pass())
     })
 }
 
