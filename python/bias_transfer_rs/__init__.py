@@ -15,6 +15,7 @@ from bias_transfer_rs._core import (
     config_hash,
     resolve_commits,
 )
+from bias_transfer_rs.noise import apply_noise
 
 __all__ = [
     "BiasTransferError",
@@ -25,6 +26,7 @@ __all__ = [
     "TrainingError",
     "__git_commit__",
     "__version__",
+    "apply_noise",
     "canonical",
     "config_hash",
     "resolve_commits",

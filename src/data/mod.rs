@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ConfigError, Options, Value};
-use crate::noise::NoiseSpec;
+use crate::noise::{Frame, Layout, NoiseSpec};
 
 /// Errors locating, reading or configuring data.
 #[derive(Debug, thiserror::Error)]
@@ -342,9 +342,8 @@ impl BatchStream {
     pub fn start(plan: StreamPlan) -> BatchStream {
         let (tx, rx) = sync_channel(4);
         let worker = std::thread::spawn(move || {
-            let mut rng = ChaCha8Rng::seed_from_u64(plan.noise_seed);
-            for chunk in plan.order.chunks(plan.batch_size) {
-                let batch = prepare(&plan, chunk, &mut rng);
+            for (i, chunk) in plan.order.chunks(plan.batch_size).enumerate() {
+                let batch = prepare(&plan, chunk, batch_seed(plan.noise_seed, i));
                 if tx.send(batch).is_err() {
                     break;
                 }
@@ -376,7 +375,15 @@ impl Drop for BatchStream {
     }
 }
 
-fn prepare(plan: &StreamPlan, chunk: &[usize], rng: &mut ChaCha8Rng) -> Batch {
+/// The noise seed of batch `i` of a stream.
+fn batch_seed(stream_seed: u64, i: usize) -> u64 {
+    let mut z = stream_seed.wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn prepare(plan: &StreamPlan, chunk: &[usize], seed: u64) -> Batch {
     let (images, labels) = &plan.split;
     let len = images.rows * images.cols;
     let norm = plan.norm;
@@ -390,7 +397,15 @@ fn prepare(plan: &StreamPlan, chunk: &[usize], rng: &mut ChaCha8Rng) -> Batch {
         );
     }
     let applied_std = match &plan.noise {
-        Some(spec) => spec.apply(&mut x, len, &[norm], rng),
+        Some(spec) => {
+            let frame = Frame {
+                layout: Layout::Nchw,
+                sample_len: len,
+                norms: vec![norm],
+                clamp: true,
+            };
+            spec.apply(&mut x, &frame, seed)
+        }
         None => vec![0.0; chunk.len()],
     };
     Batch {
@@ -457,5 +472,42 @@ mod tests {
         assert_eq!(batches[0].labels, vec![4, 1]);
         assert_eq!(batches[0].images[2..], [0.2, 0.4]);
         assert_eq!(batches[2].labels, vec![2]);
+    }
+
+    #[test]
+    fn evaluation_noise_is_identical_across_epochs() {
+        let pixels: Vec<u8> = (0..40 * 16).map(|i| (i * 7 % 256) as u8).collect();
+        let images = Arc::new(idx::Images {
+            count: 40,
+            rows: 4,
+            cols: 4,
+            pixels,
+        });
+        let labels = Arc::new(vec![0; 40]);
+        let spec = NoiseSpec::from_value(
+            crate::noise::Mode::Std,
+            &Value::Dict(vec![
+                (Value::Float(0.2), Value::Float(0.5)),
+                (Value::Int(-1), Value::Float(0.5)),
+            ]),
+        )
+        .unwrap();
+        let epoch = |seed| {
+            BatchStream::start(StreamPlan {
+                split: (images.clone(), labels.clone()),
+                order: (0..40).collect(),
+                batch_size: 16,
+                norm: Normalization {
+                    mean: 0.0,
+                    std: 1.0,
+                },
+                noise: Some(spec.clone()),
+                noise_seed: seed,
+            })
+            .flat_map(|b| b.images.into_iter().chain(b.applied_std))
+            .collect::<Vec<f32>>()
+        };
+        assert_eq!(epoch(42), epoch(42));
+        assert_ne!(epoch(42), epoch(43));
     }
 }

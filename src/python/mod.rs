@@ -1,5 +1,7 @@
 //! The Python bindings: conversions and exceptions only.
 
+mod noise;
+
 use std::path::PathBuf;
 
 use pyo3::create_exception;
@@ -232,5 +234,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(describe_plan, m)?)?;
     m.add_function(wrap_pyfunction!(run_plan, m)?)?;
     m.add_function(wrap_pyfunction!(validate_schema, m)?)?;
+    m.add_function(wrap_pyfunction!(noise::apply_noise_array, m)?)?;
     Ok(())
 }
