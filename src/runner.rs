@@ -403,6 +403,7 @@ fn register(
                 table,
                 fn_name: c.fn_name.clone(),
                 hash: c.config.hash(),
+                legacy_hash: crate::config::legacy::make_hash(&c.config),
                 config: c.config.canonical(),
                 comment: c.comment.clone(),
             });

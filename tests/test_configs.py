@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable, Mapping
+
 import pytest
 
 import bias_transfer_rs
@@ -99,3 +102,57 @@ class TestHashes:
         with pytest.raises(bias_transfer_rs.ConfigError, match="type `set`"):
             bias_transfer_rs.config_hash({"a": {1, 2}})
         assert issubclass(bias_transfer_rs.ConfigError, bias_transfer_rs.BiasTransferError)
+
+
+def nnfabrik_make_hash(obj) -> str:
+    """nnfabrik's `make_hash` as REFERENCE.md section 6 describes it."""
+    hashed = hashlib.md5()
+    if isinstance(obj, str):
+        hashed.update(obj.encode())
+    elif isinstance(obj, Mapping):
+        for k, v in sorted(obj.items(), key=lambda item: str(item[0])):
+            hashed.update(str(k).encode())
+            hashed.update(nnfabrik_make_hash(v).encode())
+    elif isinstance(obj, Iterable):
+        for v in obj:
+            hashed.update(nnfabrik_make_hash(v).encode())
+    else:
+        hashed.update(str(obj).encode())
+    return hashed.hexdigest()
+
+
+def as_lists(obj):
+    if isinstance(obj, dict):
+        return {k: as_lists(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [as_lists(v) for v in obj]
+    return obj
+
+
+class TestLegacyHashAndRoundTrip:
+    CONFIGS = [
+        trainer.TrainerConfig(comment="Noise", noise_std={0.08: 0.1, (0.1, 0.2): 0.4, -1: 0.5},
+                              lr=1e-7, weight_decay=1e16).to_dict(),
+        dataset.DatasetConfig(description="it's \"quoted\"").to_dict(),
+        model.ModelConfig(dataset_cls="TinyImageNet").to_dict(),
+        {"a": None, "b": [True, False, 0.0003, -2.5], "c": {"x": ("y", 1)}},
+    ]
+
+    def test_golden_make_hash(self):
+        assert bias_transfer_rs.make_hash({0.08: 0.5, -1: 0.5}) == \
+            "dc448f9774f07ef31dbf3525a6e6c234"
+
+    @pytest.mark.parametrize("config", CONFIGS)
+    def test_make_hash_is_nnfabrik_compatible(self, config):
+        assert bias_transfer_rs.make_hash(config) == nnfabrik_make_hash(config)
+
+    @pytest.mark.parametrize("config", CONFIGS)
+    def test_canonical_encoding_round_trips(self, config):
+        back = bias_transfer_rs.decode(bias_transfer_rs.canonical(config))
+        assert back == as_lists(config)
+        assert bias_transfer_rs.config_hash(back) == bias_transfer_rs.config_hash(config)
+
+    def test_typed_keys_survive(self):
+        back = bias_transfer_rs.decode(bias_transfer_rs.canonical({0.5: 1, 2: 3, (1, 2.0): 4}))
+        assert back == {0.5: 1, 2: 3, (1, 2.0): 4}
+        assert set(map(type, back)) == {int, float, tuple}

@@ -17,6 +17,7 @@ import pytest
 import safetensors_io
 import torch
 
+import bias_transfer_rs
 from conftest import RECIPES, make_tiny_dataset, run_main, table_counts
 
 RECIPE = "_2026_01_01_tiny"
@@ -80,6 +81,11 @@ def test_trains_stores_and_skips_on_rerun(tiny, work_dir: Path, compress: bool):
     with sqlite3.connect(db) as con:
         con.row_factory = sqlite3.Row
         rows = {r["comment"]: dict(r) for r in con.execute("SELECT * FROM trained_model")}
+        for config in con.execute("SELECT * FROM trainer"):
+            decoded = bias_transfer_rs.decode(config["config"])
+            assert bias_transfer_rs.config_hash(decoded) == config["hash"]
+            assert bias_transfer_rs.make_hash(decoded) == config["legacy_hash"]
+            assert decoded["comment"] == config["comment"]
     assert rows["Transfer"]["parent_key"] == rows["Noisy"]["key"]
     assert rows["Noisy"]["parent_key"] is None
     train_stats, final = json.loads(rows["Noisy"]["output"])

@@ -13,6 +13,8 @@ from bias_transfer_rs._core import (
     __version__,
     canonical,
     config_hash,
+    decode,
+    make_hash,
     resolve_commits,
 )
 from bias_transfer_rs.noise import apply_noise
@@ -29,5 +31,7 @@ __all__ = [
     "apply_noise",
     "canonical",
     "config_hash",
+    "decode",
+    "make_hash",
     "resolve_commits",
 ]

@@ -6,6 +6,8 @@
 //! `1.0` stay apart; dicts whose keys are not all plain strings are written as
 //! `{"$dict": [[key, value], ...]}`, so float, int and tuple keys survive the round trip.
 
+pub mod legacy;
+
 use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};

@@ -116,6 +116,48 @@ fn config_hash(obj: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(to_value(obj)?.hash())
 }
 
+/// nnfabrik's `make_hash` of a config value (md5, 32 hex digits), for looking up old rows.
+#[pyfunction]
+fn make_hash(obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(crate::config::legacy::make_hash(&to_value(obj)?))
+}
+
+/// Decode a canonical encoding back into Python values (dict keys keep their types;
+/// sequences come back as lists, tuple keys as tuples).
+#[pyfunction]
+fn decode(py: Python<'_>, text: &str) -> PyResult<PyObject> {
+    let value = Value::decode(text).map_err(|e| ConfigError::new_err(e.to_string()))?;
+    to_python(py, &value, false)
+}
+
+fn to_python(py: Python<'_>, value: &Value, as_key: bool) -> PyResult<PyObject> {
+    Ok(match value {
+        Value::None => py.None(),
+        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
+        Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+        Value::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
+        Value::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
+        Value::List(items) => {
+            let items = items
+                .iter()
+                .map(|v| to_python(py, v, as_key))
+                .collect::<PyResult<Vec<_>>>()?;
+            if as_key {
+                PyTuple::new(py, items)?.into_any().unbind()
+            } else {
+                PyList::new(py, items)?.into_any().unbind()
+            }
+        }
+        Value::Dict(entries) => {
+            let dict = PyDict::new(py);
+            for (k, v) in entries {
+                dict.set_item(to_python(py, k, true)?, to_python(py, v, false)?)?;
+            }
+            dict.into_any().unbind()
+        }
+    })
+}
+
 /// The canonical encoding of a config value.
 #[pyfunction]
 fn canonical(obj: &Bound<'_, PyAny>) -> PyResult<String> {
@@ -230,6 +272,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add_function(wrap_pyfunction!(config_hash, m)?)?;
     m.add_function(wrap_pyfunction!(canonical, m)?)?;
+    m.add_function(wrap_pyfunction!(make_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(resolve_commits, m)?)?;
     m.add_function(wrap_pyfunction!(describe_plan, m)?)?;
     m.add_function(wrap_pyfunction!(run_plan, m)?)?;

@@ -84,6 +84,8 @@ pub struct ConfigRow {
     pub table: ConfigTable,
     pub fn_name: String,
     pub hash: String,
+    /// nnfabrik's `make_hash` of the config.
+    pub legacy_hash: String,
     pub config: String,
     pub comment: String,
 }
@@ -129,17 +131,20 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE TABLE seed (seed INTEGER PRIMARY KEY);
     CREATE TABLE dataset (
-        fn TEXT NOT NULL, hash TEXT NOT NULL, config TEXT NOT NULL, comment TEXT NOT NULL,
+        fn TEXT NOT NULL, hash TEXT NOT NULL, legacy_hash TEXT NOT NULL, config TEXT NOT NULL,
+        comment TEXT NOT NULL,
         fabrikant TEXT NOT NULL REFERENCES fabrikant(name),
         created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (fn, hash)
     );
     CREATE TABLE model (
-        fn TEXT NOT NULL, hash TEXT NOT NULL, config TEXT NOT NULL, comment TEXT NOT NULL,
+        fn TEXT NOT NULL, hash TEXT NOT NULL, legacy_hash TEXT NOT NULL, config TEXT NOT NULL,
+        comment TEXT NOT NULL,
         fabrikant TEXT NOT NULL REFERENCES fabrikant(name),
         created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (fn, hash)
     );
     CREATE TABLE trainer (
-        fn TEXT NOT NULL, hash TEXT NOT NULL, config TEXT NOT NULL, comment TEXT NOT NULL,
+        fn TEXT NOT NULL, hash TEXT NOT NULL, legacy_hash TEXT NOT NULL, config TEXT NOT NULL,
+        comment TEXT NOT NULL,
         fabrikant TEXT NOT NULL REFERENCES fabrikant(name),
         created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (fn, hash)
     );
@@ -306,13 +311,14 @@ impl Store {
             }
             for row in configs {
                 let sql = format!(
-                    "INSERT OR IGNORE INTO {} (fn, hash, config, comment, fabrikant) \
-                     VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO {} (fn, hash, legacy_hash, config, comment, \
+                     fabrikant) VALUES (?, ?, ?, ?, ?, ?)",
                     row.table.name()
                 );
                 sqlx::query(&sql)
                     .bind(&row.fn_name)
                     .bind(&row.hash)
+                    .bind(&row.legacy_hash)
                     .bind(&row.config)
                     .bind(&row.comment)
                     .bind(&fabrikant.name)
@@ -460,6 +466,7 @@ mod tests {
             table: ConfigTable::Dataset,
             fn_name: "f".into(),
             hash: "h".into(),
+            legacy_hash: "l".into(),
             config: "{}".into(),
             comment: "".into(),
         }];
