@@ -10,6 +10,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
 
 use crate::config::Value;
 use crate::data::Normalization;
@@ -148,6 +149,102 @@ impl NoiseSpec {
                 std as f32
             })
             .collect()
+    }
+}
+
+impl NoiseSpec {
+    /// Add noise to a float tensor `[N, C, ...]` on its own device (CPU or CUDA); return the
+    /// noisy tensor and the std applied per sample. The noise is drawn on CPU threads by
+    /// the same per-sample streams as [`NoiseSpec::apply`], then added, clamped and masked
+    /// on the device, so on CPU the output is bit-identical to the slice path. The input
+    /// tensor is not modified.
+    pub fn apply_tensor(
+        &self,
+        x: &Tensor,
+        norms: &[Normalization],
+        clamp: bool,
+        seed: u64,
+    ) -> Result<(Tensor, Vec<f32>), tch::TchError> {
+        let size = x.size();
+        if x.kind() != Kind::Float || size.len() < 2 || norms.is_empty() {
+            return Err(tch::TchError::Kind(format!(
+                "noise: expected a float32 tensor [N, C, ...] with one normalisation per \
+                 channel, got {:?} {size:?}",
+                x.kind()
+            )));
+        }
+        let n = size[0] as usize;
+        let frame = Frame {
+            layout: Layout::Nchw,
+            sample_len: size[1..].iter().product::<i64>() as usize,
+            norms: norms.to_vec(),
+            clamp,
+        };
+
+        // 1. The std of each sample; SNR levels need each sample's power, read on the CPU.
+        let levels = self.assign(n, seed);
+        let host: Option<Vec<f32>> = match self.mode {
+            Mode::Std => None,
+            Mode::Snr => Some(Vec::<f32>::try_from(
+                x.to_device(Device::Cpu).flatten(0, -1),
+            )?),
+        };
+        let stds: Vec<f64> = levels
+            .iter()
+            .enumerate()
+            .map(|(i, level)| match (level, &host) {
+                (None, _) => 0.0,
+                (Some(level), None) => *level,
+                (Some(level), _) if *level == 0.0 => 0.0,
+                (Some(level), Some(h)) => {
+                    let sample = &h[i * frame.sample_len..(i + 1) * frame.sample_len];
+                    mean_square_pixels(sample, &frame) / level
+                }
+            })
+            .collect();
+
+        // 2. Scaled noise on CPU threads, zero for clean samples.
+        let per_channel = frame.sample_len / norms.len();
+        let mut scaled = vec![0.0f32; n * frame.sample_len];
+        scaled
+            .par_chunks_mut(frame.sample_len)
+            .enumerate()
+            .for_each(|(i, z)| {
+                if stds[i] > 0.0 {
+                    fill_standard_normal(&mut sample_rng(seed, i), z);
+                    for (plane, norm) in z.chunks_mut(per_channel).zip(norms) {
+                        let scale = (stds[i] / f64::from(norm.std)) as f32;
+                        plane.iter_mut().for_each(|v| *v *= scale);
+                    }
+                }
+            });
+
+        // 3. Add, clamp per channel and keep clean samples as they were, on the device.
+        let device = x.device();
+        let noise = Tensor::from_slice(&scaled)
+            .view(size.as_slice())
+            .to_device(device);
+        let mut noisy = x.f_add(&noise)?;
+        let mut channel_shape = vec![1i64; size.len()];
+        channel_shape[1] = norms.len() as i64;
+        if clamp {
+            let (lo, hi): (Vec<f32>, Vec<f32>) = norms.iter().map(Normalization::range).unzip();
+            let lo = Tensor::from_slice(&lo)
+                .view(channel_shape.as_slice())
+                .to_device(device);
+            let hi = Tensor::from_slice(&hi)
+                .view(channel_shape.as_slice())
+                .to_device(device);
+            noisy = noisy.f_maximum(&lo)?.f_minimum(&hi)?;
+        }
+        let mut sample_shape = vec![1i64; size.len()];
+        sample_shape[0] = n as i64;
+        let noised: Vec<bool> = stds.iter().map(|&s| s > 0.0).collect();
+        let mask = Tensor::from_slice(&noised)
+            .view(sample_shape.as_slice())
+            .to_device(device);
+        let out = noisy.f_where_self(&mask, x)?;
+        Ok((out, stds.iter().map(|&s| s as f32).collect()))
     }
 }
 
@@ -603,5 +700,39 @@ mod tests {
         let nan = spec(vec![(Value::Float(0.1), f64::NAN)]).unwrap_err();
         assert!(nan.to_string().contains("finite"), "{nan}");
         assert!(matches!(spec(vec![]), Err(NoiseError::Empty { .. })));
+    }
+
+    #[test]
+    fn tensor_path_is_bit_identical_to_the_slice_path_on_cpu() {
+        let norms: Vec<Normalization> = [(0.49, 0.247), (0.48, 0.243), (0.44, 0.261)]
+            .iter()
+            .map(|&(mean, std)| Normalization { mean, std })
+            .collect();
+        let frame = Frame {
+            layout: Layout::Nchw,
+            sample_len: 3 * 36,
+            norms: norms.clone(),
+            clamp: true,
+        };
+        let values: Vec<f32> = (0..64 * 3 * 36)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let snr = NoiseSpec::from_value(
+            Mode::Snr,
+            &Value::Dict(vec![
+                (Value::Float(2.0), Value::Float(0.5)),
+                (Value::Int(-1), Value::Float(0.5)),
+            ]),
+        )
+        .unwrap();
+        for s in [seed_dict(), snr] {
+            let mut slice = values.clone();
+            let applied = s.apply(&mut slice, &frame, 21);
+            let x = Tensor::from_slice(&values).view([64, 3, 6, 6]);
+            let (noisy, applied_t) = s.apply_tensor(&x, &norms, true, 21).unwrap();
+            assert_eq!(applied, applied_t);
+            assert_eq!(Vec::<f32>::try_from(noisy.flatten(0, -1)).unwrap(), slice);
+            assert_eq!(Vec::<f32>::try_from(x.flatten(0, -1)).unwrap(), values);
+        }
     }
 }

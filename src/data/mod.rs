@@ -376,7 +376,7 @@ impl Drop for BatchStream {
 }
 
 /// The noise seed of batch `i` of a stream.
-fn batch_seed(stream_seed: u64, i: usize) -> u64 {
+pub fn batch_seed(stream_seed: u64, i: usize) -> u64 {
     let mut z = stream_seed.wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::model::SmallCnn;
 use super::{ModelSpec, OptimizerKind, TrainerSpec, TrainingError};
-use crate::data::{BatchStream, Dataset, StreamPlan};
+use crate::data::{batch_seed, BatchStream, Dataset, StreamPlan};
 use crate::noise::NoiseSpec;
 
 /// Everything one stage trains from.
@@ -255,6 +255,26 @@ fn cross_entropy(logits: &Tensor, ys: &Tensor) -> Result<Tensor, tch::TchError> 
     logits.f_cross_entropy_loss::<Tensor>(ys, None, tch::Reduction::Mean, -100, 0.0)
 }
 
+/// On CUDA, noise is added to the batch on the device (the batch threads leave it clean);
+/// the same seeds give the same noise as the CPU path.
+fn noise_on_device(
+    input: &StageInput,
+    noise: Option<&NoiseSpec>,
+    xs: Tensor,
+    stream_seed: u64,
+    batch: usize,
+) -> Result<Tensor, TrainingError> {
+    match noise {
+        Some(spec) if xs.device().is_cuda() => {
+            let norm = input.dataset.spec.normalization();
+            Ok(spec
+                .apply_tensor(&xs, &[norm], true, batch_seed(stream_seed, batch))?
+                .0)
+        }
+        _ => Ok(xs),
+    }
+}
+
 fn to_tensors(batch: &crate::data::Batch, side: i64, device: Device) -> (Tensor, Tensor) {
     let n = batch.labels.len() as i64;
     let xs = Tensor::from_slice(&batch.images)
@@ -284,7 +304,7 @@ fn train_epoch(
         order,
         batch_size: data.spec.batch_size,
         norm: data.spec.normalization(),
-        noise: input.trainer.noise.clone(),
+        noise: input.trainer.noise.clone().filter(|_| !device.is_cuda()),
         noise_seed: epoch_seed ^ 0x5eed,
     });
     let bar = progress(
@@ -294,11 +314,18 @@ fn train_epoch(
     );
     let side = data.train.images.rows as i64;
     let mut tally = Tally::new();
-    for batch in stream {
+    for (i, batch) in stream.enumerate() {
         if (input.interrupted)() {
             return Err(TrainingError::Interrupted);
         }
         let (xs, ys) = to_tensors(&batch, side, device);
+        let xs = noise_on_device(
+            input,
+            input.trainer.noise.as_ref(),
+            xs,
+            epoch_seed ^ 0x5eed,
+            i,
+        )?;
         let logits = model.forward(&xs).logits;
         let loss = cross_entropy(&logits, &ys)?;
         opt.backward_step(&loss);
@@ -375,17 +402,18 @@ fn evaluate(
         order,
         batch_size: data.spec.batch_size.max(256),
         norm: data.spec.normalization(),
-        noise: noise.cloned(),
+        noise: noise.cloned().filter(|_| !device.is_cuda()),
         noise_seed: input.seed,
     });
     let side = split.images.rows as i64;
     tch::no_grad(|| {
         let mut tally = Tally::new();
-        for batch in stream {
+        for (i, batch) in stream.enumerate() {
             if (input.interrupted)() {
                 return Err(TrainingError::Interrupted);
             }
             let (xs, ys) = to_tensors(&batch, side, device);
+            let xs = noise_on_device(input, noise, xs, input.seed, i)?;
             let logits = model.forward(&xs).logits;
             tally.add(&logits, &ys, &cross_entropy(&logits, &ys)?);
         }
