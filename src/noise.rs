@@ -24,6 +24,8 @@ pub enum NoiseError {
     BadLevel { option: &'static str, level: String },
     #[error("`{option}`: level `{level}` must be non-negative (or `-1` for the clean share)")]
     NegativeLevel { option: &'static str, level: String },
+    #[error("`{option}`: range `{level}` must have 0 <= a <= b")]
+    BadRange { option: &'static str, level: String },
     #[error("`{option}`: fraction `{fraction}` of level `{level}` must be a finite number >= 0")]
     BadFraction {
         option: &'static str,
@@ -479,7 +481,10 @@ fn parse_level(option: &'static str, key: &Value) -> Result<Level, NoiseError> {
             [a, b] => {
                 let (a, b) = (number(a).ok_or_else(bad)?, number(b).ok_or_else(bad)?);
                 if a < 0.0 || b < a {
-                    return Err(negative());
+                    return Err(NoiseError::BadRange {
+                        option,
+                        level: key.canonical(),
+                    });
                 }
                 Ok(Level::Range(a, b))
             }

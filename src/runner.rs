@@ -1,11 +1,12 @@
 //! One worker: check a plan, register it, train every chain stage in order, persist.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde_json::{json, Value as Json};
 
 use crate::config::Value;
-use crate::data::{DataError, DataFiles, Dataset, DatasetSpec};
+use crate::data::{DataError, Dataset, DatasetSpec, RawData};
 use crate::store::{
     ChainStageRow, ConfigKeys, ConfigRow, ConfigTable, Fabrikant, LocalArtifacts, Store,
     StoreError, TrainedRow,
@@ -18,6 +19,8 @@ use crate::train::{ModelSpec, TrainerSpec, TrainingError};
 pub enum RunError {
     #[error("plan: {0}")]
     Plan(String),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Many(Vec<RunError>),
     #[error("chain `{chain}`, stage {stage} (`{comment}`): {source}")]
     Stage {
         chain: String,
@@ -80,6 +83,8 @@ pub struct RunOptions {
     /// Replaces every dataset's `data_dir` (from `BT_DATA_DIR`).
     pub data_dir: Option<PathBuf>,
     pub quiet: bool,
+    /// JSON stored with every trained model: pinned commits, versions.
+    pub provenance: String,
     /// Polled between batches; `true` stops the run with [`TrainingError::Interrupted`].
     pub interrupted: fn() -> bool,
 }
@@ -259,22 +264,72 @@ fn config_keys(stage: &Stage) -> ConfigKeys {
 /// A stage's checked parts, ready to train.
 struct Checked {
     dataset: DatasetSpec,
-    files: DataFiles,
+    data: RawData,
     model: ModelSpec,
     trainer: TrainerSpec,
 }
 
-fn check_stage(stage: &Stage, options: &RunOptions) -> Result<Checked, RunError> {
-    let dataset = DatasetSpec::from_config(&stage.dataset.config)?;
-    let model = ModelSpec::from_config(&stage.model.config)?;
-    let trainer = TrainerSpec::from_config(&stage.trainer.config)?;
-    let files = dataset.locate(&options.work_dir, options.data_dir.as_deref())?;
-    Ok(Checked {
-        dataset,
-        files,
-        model,
-        trainer,
-    })
+/// Datasets read during checking, by the path of their training images.
+type DataCache = HashMap<PathBuf, RawData>;
+
+/// Check every part of a stage, reading its data (once per dataset); all problems found.
+fn check_stage(
+    stage: &Stage,
+    options: &RunOptions,
+    cache: &mut DataCache,
+) -> Result<Checked, Vec<RunError>> {
+    let dataset = DatasetSpec::from_config(&stage.dataset.config).map_err(RunError::from);
+    let model = ModelSpec::from_config(&stage.model.config).map_err(RunError::from);
+    let trainer = TrainerSpec::from_config(&stage.trainer.config).map_err(RunError::from);
+    let data = dataset
+        .as_ref()
+        .ok()
+        .map(|spec| load_data(spec, options, cache));
+    match (dataset, model, trainer, data) {
+        (Ok(dataset), Ok(model), Ok(trainer), Some(Ok(data))) => {
+            if model.num_classes != dataset.family.num_classes() {
+                return Err(vec![RunError::Training(TrainingError::Model(format!(
+                    "`num_classes={}`, but `{}` has {} classes",
+                    model.num_classes,
+                    dataset.family.name(),
+                    dataset.family.num_classes()
+                )))]);
+            }
+            Ok(Checked {
+                dataset,
+                data,
+                model,
+                trainer,
+            })
+        }
+        (dataset, model, trainer, data) => Err([
+            dataset.err(),
+            data.and_then(Result::err),
+            model.err(),
+            trainer.err(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()),
+    }
+}
+
+fn load_data(
+    spec: &DatasetSpec,
+    options: &RunOptions,
+    cache: &mut DataCache,
+) -> Result<RawData, RunError> {
+    let files = spec.locate(&options.work_dir, options.data_dir.as_deref())?;
+    let data = match cache.get(&files.train_images) {
+        Some(data) => data.clone(),
+        None => {
+            let data = RawData::load(&files, spec.family)?;
+            cache.insert(files.train_images.clone(), data.clone());
+            data
+        }
+    };
+    spec.check_split(data.train.images.count)?;
+    Ok(data)
 }
 
 fn in_stage(chain: &Chain, i: usize, stage: &Stage) -> impl FnOnce(RunError) -> RunError {
@@ -287,9 +342,18 @@ fn in_stage(chain: &Chain, i: usize, stage: &Stage) -> impl FnOnce(RunError) -> 
     }
 }
 
+/// One error for a list of problems: the first's kind, every message.
+fn all_problems(mut problems: Vec<RunError>) -> RunError {
+    match problems.len() {
+        1 => problems.remove(0),
+        _ => RunError::Many(problems),
+    }
+}
+
 /// Describe a plan against the database without writing anything.
 pub fn describe(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, RunError> {
     let store = Store::open_existing(&options.work_dir, &options.schema)?;
+    let mut cache = DataCache::new();
     plan.keyed()
         .into_iter()
         .map(|(chain, i, stage, key, _)| {
@@ -297,7 +361,9 @@ pub fn describe(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, R
                 Some(s) => s.trained(&key)?,
                 None => None,
             };
-            let problem = check_stage(stage, options).err().map(|e| e.to_string());
+            let problem = check_stage(stage, options, &mut cache)
+                .err()
+                .map(|e| all_problems(e).to_string());
             Ok(report(chain, i, stage, key, done, Status::Done, problem))
         })
         .collect()
@@ -339,9 +405,12 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, RunErr
     // 1. Check every stage before anything is written.
     let keyed = plan.keyed();
     let mut checked = Vec::with_capacity(keyed.len());
+    let mut cache = DataCache::new();
     for (chain, i, stage, _, _) in &keyed {
-        checked.push(check_stage(stage, options).map_err(in_stage(chain, *i, stage))?);
+        let parts = check_stage(stage, options, &mut cache).map_err(all_problems);
+        checked.push(parts.map_err(in_stage(chain, *i, stage))?);
     }
+    drop(cache);
 
     // 2. Register fabrikant, seeds, configs and chains in one transaction.
     let store = Store::open_sqlite(&options.work_dir, &options.schema)?;
@@ -360,7 +429,13 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, RunErr
             &store, &artifacts, options, chain, i, stage, &key, parent, parts,
         )
         .map_err(in_stage(chain, i, stage))?;
-        store.insert_trained(&row, &fabrikant)?;
+        if !store.insert_trained(&row, &fabrikant, &options.provenance)? {
+            log::warn!(
+                "`{}` stage {i}: another run stored this stage first; keeping its result",
+                chain.name
+            );
+        }
+        let row = store.trained(&key)?.unwrap_or(row);
         reports.push(report(
             chain,
             i,
@@ -442,7 +517,7 @@ fn train_one(
         }
         None => None,
     };
-    let dataset = Dataset::load(&parts.dataset, &parts.files, stage.seed as u64)?;
+    let dataset = Dataset::new(&parts.dataset, &parts.data, stage.seed as u64);
     log::info!(
         "training `{}` stage {}/{} `{}` (seed {})",
         chain.name,
@@ -451,7 +526,7 @@ fn train_one(
         stage.comment,
         stage.seed
     );
-    let result = train_stage(&StageInput {
+    let input = StageInput {
         dataset: &dataset,
         model: &parts.model,
         trainer: &parts.trainer,
@@ -460,7 +535,17 @@ fn train_one(
         label: format!("[{} {}/{}]", chain.name, i + 1, chain.stages.len()),
         quiet: options.quiet,
         interrupted: options.interrupted,
-    })?;
+    };
+    // A panic in libtorch is a bug, but it must not take the worker down: report it.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_stage(&input)))
+        .map_err(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        TrainingError::Panic(message.lines().next().unwrap_or_default().to_string())
+    })??;
     let weights = save_weights(artifacts, &result.weights, key)?;
     Ok(TrainedRow {
         key: key.to_string(),
@@ -487,7 +572,7 @@ fn save_weights(
         .tempfile()
         .map_err(io)?;
     vs.save(tmp.path()).map_err(TrainingError::from)?;
-    Ok(artifacts.put(&format!("{key}.safetensors"), tmp.path())?)
+    Ok(artifacts.put(key, "safetensors", tmp.path())?)
 }
 
 #[cfg(test)]

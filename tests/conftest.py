@@ -8,6 +8,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,44 @@ def table_counts(db: Path) -> dict[str, int]:
     with sqlite3.connect(db) as con:
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         return {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+TINY = "_2026_01_01_tiny"
+
+
+def write_recipe(recipes: Path, data_dir: Path, replace: dict[str, str] | None = None) -> None:
+    """A two-stage recipe on `data_dir`; `replace` maps text of the module to new text."""
+    folder = recipes / TINY
+    folder.mkdir(parents=True)
+    (folder / "__commits.json").write_text('{"default": {"bias_transfer_rs": "abc"}}')
+    (folder / "__init__.py").write_text("")
+    module = textwrap.dedent(f"""
+        from bias_transfer.configs import dataset, model, trainer
+        from bias_transfer.configs.base import Description
+        from bias_transfer.configs.experiment import Experiment
+        from bias_transfer.configs.transfer_experiment import TransferExperiment
+
+        data = dataset.DatasetConfig(dataset_cls="FashionMNIST", data_dir="{data_dir}",
+                                     input_size=28, batch_size=32, apply_data_augmentation=False,
+                                     apply_data_normalization=False)
+        net = model.ModelConfig(dataset_cls="FashionMNIST", cnn_builder="cnn")
+        noise_test = {{"noise_std": [{{0.0: 1.0}}, {{0.5: 1.0}}]}}
+        first = Experiment(data, net, trainer.TrainerConfig(
+            comment="Noisy", num_epochs=2, lr=1e-3, noise_std={{0.2: 0.5, -1: 0.5}},
+            noise_test=noise_test), seed=7)
+        second = Experiment(data, net, trainer.TrainerConfig(
+            comment="Transfer", num_epochs=1, lr=1e-3, freeze=("core",), reset_linear=True,
+            noise_test=noise_test), seed=7)
+        experiments = {{}}
+        transfer_experiments = {{
+            Description("Noisy -> Transfer", 7): TransferExperiment([first, second]),
+            Description("Noisy", 7): first,
+        }}
+        """)
+    for old, new in (replace or {}).items():
+        assert old in module, old
+        module = module.replace(old, new)
+    (folder / "tiny.py").write_text(module)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,39 +17,8 @@ import safetensors_io
 import torch
 
 import bias_transfer_rs
-from conftest import RECIPES, make_tiny_dataset, run_main, table_counts
-
-RECIPE = "_2026_01_01_tiny"
-
-
-def write_recipe(recipes: Path, data_dir: Path) -> None:
-    folder = recipes / RECIPE
-    folder.mkdir(parents=True)
-    (folder / "__commits.json").write_text('{"default": {"bias_transfer_rs": "abc"}}')
-    (folder / "__init__.py").write_text("")
-    (folder / "tiny.py").write_text(textwrap.dedent(f"""
-        from bias_transfer.configs import dataset, model, trainer
-        from bias_transfer.configs.base import Description
-        from bias_transfer.configs.experiment import Experiment
-        from bias_transfer.configs.transfer_experiment import TransferExperiment
-
-        data = dataset.DatasetConfig(dataset_cls="FashionMNIST", data_dir="{data_dir}",
-                                     input_size=28, batch_size=32, apply_data_augmentation=False,
-                                     apply_data_normalization=False)
-        net = model.ModelConfig(dataset_cls="FashionMNIST", cnn_builder="cnn")
-        noise_test = {{"noise_std": [{{0.0: 1.0}}, {{0.5: 1.0}}]}}
-        first = Experiment(data, net, trainer.TrainerConfig(
-            comment="Noisy", num_epochs=2, lr=1e-3, noise_std={{0.2: 0.5, -1: 0.5}},
-            noise_test=noise_test), seed=7)
-        second = Experiment(data, net, trainer.TrainerConfig(
-            comment="Transfer", num_epochs=1, lr=1e-3, freeze=("core",), reset_linear=True,
-            noise_test=noise_test), seed=7)
-        experiments = {{}}
-        transfer_experiments = {{
-            Description("Noisy -> Transfer", 7): TransferExperiment([first, second]),
-            Description("Noisy", 7): first,
-        }}
-        """))
+from conftest import RECIPES, make_tiny_dataset, run_main, table_counts, write_recipe
+from conftest import TINY as RECIPE
 
 
 @pytest.fixture
@@ -94,6 +62,12 @@ def test_trains_stores_and_skips_on_rerun(tiny, work_dir: Path, compress: bool):
     assert set(final["dev_noise_acc"]["noise_std"]) == {"0.0_1.0", "0.5_1.0"}
     assert final["test_acc"] == rows["Noisy"]["score"]
     assert rows["Noisy"]["score"] > 90.0  # the generated classes are easy to separate
+    provenance = json.loads(rows["Noisy"]["provenance"])
+    assert provenance["pins"] == [{"repo": "bias_transfer_rs", "revision": "abc",
+                                   "source": "default"}]
+    assert provenance["bias_transfer_rs"] == bias_transfer_rs.__version__
+    assert provenance["bias_transfer_rs_commit"] == bias_transfer_rs.__git_commit__
+    assert provenance["torch"] == torch.__version__ and provenance["experiment"] == "tiny"
 
     # 2. Weights: the stored sha256 matches; transfer froze the core and reset the readout.
     weights = {}

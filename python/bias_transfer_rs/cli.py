@@ -72,6 +72,25 @@ def _summary_table(reports: list[dict[str, Any]]) -> str:
     return _table(header, rows)
 
 
+def _provenance(recipe: str, experiment: str | None,
+                pins: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """What produced a trained model: the recipe, its pins, and the software versions."""
+    import platform
+
+    import torch
+
+    return {
+        "recipe": recipe,
+        "experiment": experiment,
+        "mode": "dev",
+        "pins": [{"repo": r, "revision": rev, "source": src} for r, rev, src in pins],
+        "bias_transfer_rs": _core.__version__,
+        "bias_transfer_rs_commit": _core.__git_commit__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
 def run(args: argparse.Namespace, recipes_dir: Path) -> int:
     # 1. Find the recipe and resolve its pins.
     recipe = find_recipe(recipes_dir, args.recipe)
@@ -88,8 +107,10 @@ def run(args: argparse.Namespace, recipes_dir: Path) -> int:
     print("pinned commits (" + recipe.commits_file.name + "):")
     for repo, revision, source in resolved:
         print(f"  {repo:<16} {revision:<42} from `{source}`")
-    print("running with the installed code (dev mode): pinned commits are recorded, not "
-          "checked out")
+    if not resolved:
+        print(f"  warning: `{recipe.commits_file}` pins no repository")
+    print("running with the installed code (dev mode): the pins are stored with each trained "
+          "model, not checked out")
 
     # 3. Describe the plan; stop there for a dry run.
     reports = json.loads(_core.describe_plan(plan, work_dir, schema, data_dir))
@@ -101,7 +122,9 @@ def run(args: argparse.Namespace, recipes_dir: Path) -> int:
         return 0
 
     # 4. Train what is new and print the summary.
-    reports = json.loads(_core.run_plan(plan, work_dir, schema, data_dir, args.quiet))
+    provenance = _provenance(recipe.name, args.experiment, resolved)
+    reports = json.loads(_core.run_plan(plan, work_dir, schema, data_dir, args.quiet,
+                                        json.dumps(provenance)))
     trained = sum(r["status"] == "trained" for r in reports)
     if trained == 0:
         print(f"nothing to train: all {len(reports)} stages were trained before")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 from bias_transfer.configs.base import BaseConfig
 from bias_transfer.configs.experiment import Experiment
 from bias_transfer.configs.transfer_experiment import TransferExperiment
-from bias_transfer_rs._core import RecipeError, resolve_commits
+from bias_transfer_rs._core import ConfigError, RecipeError, canonical, resolve_commits
 
 
 @dataclass
@@ -35,12 +36,18 @@ class Recipe:
         return sorted(p.stem for p in self.path.glob("*.py") if not p.stem.startswith("_"))
 
     def default_schema(self) -> str:
-        """`bias_transfer_<recipe>` without the leading underscore."""
-        return "bias_transfer_" + self.name.lstrip("_")
+        """`bias_transfer_<recipe>` without the leading underscore; characters a schema
+        name cannot hold become `_`."""
+        return "bias_transfer_" + re.sub(r"[^A-Za-z0-9_]", "_", self.name.lstrip("_"))
 
 
 def find_recipe(recipes_dir: Path, name: str | None) -> Recipe:
-    """The recipe folder `name`, or the first one in sorted order when `name` is empty."""
+    """The recipe folder `name` (a path to it works too), or the first one in sorted
+    order when `name` is empty."""
+    if not recipes_dir.is_dir():
+        raise RecipeError(f"recipes directory `{recipes_dir}` does not exist or is not a "
+                          "folder; `--recipes-dir` sets it")
+    name = Path(name).name if name else name
     available = sorted(
         p.name for p in recipes_dir.iterdir() if p.is_dir() and p.name.startswith("_2")
     )
@@ -98,9 +105,28 @@ def _stage(exp: Experiment) -> dict[str, Any]:
     }
 
 
+def _seed(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecipeError(f"{where}: seed `{value!r}` is not an integer")
+    return value
+
+
+def _checked_stage(exp: Experiment, where: str) -> dict[str, Any]:
+    _seed(exp.seed, where)
+    stage = _stage(exp)
+    for part in ("dataset", "model", "trainer"):
+        try:
+            canonical(stage[part]["config"])
+        except ConfigError as exc:
+            raise RecipeError(f"{where}, {part} config: {exc}") from exc
+    return stage
+
+
 def build_plan(transfer_experiments: dict[Any, Any]) -> dict[str, Any]:
     """The plan of a `transfer_experiments` dict: one chain per entry; a plain
     `Experiment` is a one-stage chain."""
+    if not transfer_experiments:
+        raise RecipeError("`transfer_experiments` is empty: the recipe defines no chains to run")
     chains = []
     for desc, value in transfer_experiments.items():
         name, seed = getattr(desc, "name", str(desc)), getattr(desc, "seed", None)
@@ -109,7 +135,8 @@ def build_plan(transfer_experiments: dict[Any, Any]) -> dict[str, Any]:
         if not isinstance(value, TransferExperiment):
             raise RecipeError(f"transfer_experiments[{desc!r}] is a {type(value).__name__}, "
                               "not a TransferExperiment or Experiment")
-        stages = [_stage(e) for e in value.experiments]
-        chains.append({"name": name, "seed": int(seed if seed is not None else stages[0]["seed"]),
-                       "stages": stages})
+        stages = [_checked_stage(e, f"chain `{name}` stage {i}")
+                  for i, e in enumerate(value.experiments)]
+        seed = stages[0]["seed"] if seed is None else _seed(seed, f"chain `{name}`")
+        chains.append({"name": name, "seed": seed, "stages": stages})
     return {"chains": chains}

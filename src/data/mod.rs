@@ -18,10 +18,11 @@ use crate::noise::{Frame, Layout, NoiseSpec};
 /// Errors locating, reading or configuring data.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("dataset `{dataset}`: files not found; looked in {}; {hint}", list(.looked))]
+    #[error("dataset `{dataset}`: files not found; looked in {}{partial}; {hint}", list(.looked))]
     Missing {
         dataset: String,
         looked: Vec<PathBuf>,
+        partial: String,
         hint: String,
     },
     #[error("`{path}`: {source}")]
@@ -64,7 +65,8 @@ impl Family {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The `dataset_cls` name.
+    pub fn name(self) -> &'static str {
         match self {
             Family::Mnist => "MNIST",
             Family::FashionMnist => "FashionMNIST",
@@ -85,6 +87,11 @@ impl Family {
             Family::Mnist => ["", "MNIST/raw", "MNIST", "mnist"],
             Family::FashionMnist => ["", "FashionMNIST/raw", "FashionMNIST", "fashion-mnist"],
         }
+    }
+
+    /// How many classes the labels name.
+    pub fn num_classes(self) -> i64 {
+        10
     }
 
     fn hint(self) -> &'static str {
@@ -186,6 +193,20 @@ impl DatasetSpec {
         }
     }
 
+    /// Check that a training set of `n` images leaves both splits non-empty.
+    pub fn check_split(&self, n: usize) -> Result<(), DataError> {
+        let valid = (self.valid_size * n as f64).floor() as usize;
+        if valid == 0 || valid == n {
+            return Err(DataError::Unsupported(format!(
+                "`valid_size={}` of {n} training images leaves an empty {} split; the \
+                 validation split selects the best epoch and runs the noise test",
+                self.valid_size,
+                if valid == 0 { "validation" } else { "training" }
+            )));
+        }
+        Ok(())
+    }
+
     /// Find the folder holding the four idx files.
     ///
     /// `override_dir` (from `BT_DATA_DIR`) replaces `data_dir`; a relative `data_dir` is
@@ -196,21 +217,35 @@ impl DatasetSpec {
             None if self.data_dir.is_absolute() => self.data_dir.clone(),
             None => base.join(&self.data_dir),
         };
-        let mut looked = Vec::new();
+        let (mut looked, mut partial) = (Vec::new(), Vec::new());
         for sub in self.family.subdirs() {
             let dir = if sub.is_empty() {
                 root.clone()
             } else {
                 root.join(sub)
             };
-            if let Some(files) = DataFiles::find_in(&dir) {
-                return Ok(files);
+            match DataFiles::find_in(&dir) {
+                Ok(files) => return Ok(files),
+                Err(missing) if missing.len() < 4 => {
+                    let names = missing
+                        .iter()
+                        .map(|m| format!("`{m}[.gz]`"))
+                        .collect::<Vec<_>>();
+                    partial.push(format!("`{}` lacks {}", dir.display(), names.join(", ")));
+                }
+                Err(_) => {}
             }
             looked.push(dir);
         }
+        let partial = if partial.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", partial.join("; "))
+        };
         Err(DataError::Missing {
             dataset: self.family.name().to_string(),
             looked,
+            partial,
             hint: self.family.hint().to_string(),
         })
     }
@@ -226,24 +261,42 @@ pub struct DataFiles {
 }
 
 impl DataFiles {
-    fn find_in(dir: &Path) -> Option<DataFiles> {
-        let pick = |stem: &str| {
-            [format!("{stem}.gz"), stem.to_string()]
-                .into_iter()
-                .map(|name| dir.join(name))
-                .find(|p| p.is_file())
-        };
-        Some(DataFiles {
-            train_images: pick("train-images-idx3-ubyte")?,
-            train_labels: pick("train-labels-idx1-ubyte")?,
-            test_images: pick("t10k-images-idx3-ubyte")?,
-            test_labels: pick("t10k-labels-idx1-ubyte")?,
-        })
+    /// The files in `dir`, or the names of those missing there.
+    fn find_in(dir: &Path) -> Result<DataFiles, Vec<&'static str>> {
+        const STEMS: [&str; 4] = [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ];
+        let found: Vec<Option<PathBuf>> = STEMS
+            .iter()
+            .map(|stem| {
+                [format!("{stem}.gz"), stem.to_string()]
+                    .into_iter()
+                    .map(|name| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+            .collect();
+        match found.as_slice() {
+            [Some(a), Some(b), Some(c), Some(d)] => Ok(DataFiles {
+                train_images: a.clone(),
+                train_labels: b.clone(),
+                test_images: c.clone(),
+                test_labels: d.clone(),
+            }),
+            _ => Err(STEMS
+                .iter()
+                .zip(&found)
+                .filter(|(_, f)| f.is_none())
+                .map(|(stem, _)| *stem)
+                .collect()),
+        }
     }
 }
 
 /// Images and labels held in memory, shared by the batch threads.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Split {
     pub images: Arc<idx::Images>,
     pub labels: Arc<Vec<i64>>,
@@ -271,6 +324,40 @@ impl Split {
     }
 }
 
+/// The four files of a dataset read and checked, shared by every stage that uses them.
+#[derive(Clone, Debug)]
+pub struct RawData {
+    pub train: Split,
+    pub test: Split,
+}
+
+impl RawData {
+    /// Read the files; check that images are 28x28, present, and labelled in range.
+    pub fn load(files: &DataFiles, family: Family) -> Result<RawData, DataError> {
+        let train = Split::load(&files.train_images, &files.train_labels)?;
+        let test = Split::load(&files.test_images, &files.test_labels)?;
+        for (split, images, labels) in [
+            (&train, &files.train_images, &files.train_labels),
+            (&test, &files.test_images, &files.test_labels),
+        ] {
+            let corrupt = |path: &Path, reason: String| DataError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("{reason}; {}", family.hint()),
+            };
+            let i = &split.images;
+            if i.count == 0 || (i.rows, i.cols) != (28, 28) {
+                let shape = format!("{} images of {}x{} px", i.count, i.rows, i.cols);
+                return Err(corrupt(images, format!("{shape}, expected 28x28 images")));
+            }
+            if let Some(bad) = split.labels.iter().find(|&&l| l >= family.num_classes()) {
+                let reason = format!("label {bad} outside 0..{}", family.num_classes());
+                return Err(corrupt(labels, reason));
+            }
+        }
+        Ok(RawData { train, test })
+    }
+}
+
 /// A loaded dataset with its train/validation split.
 pub struct Dataset {
     pub spec: DatasetSpec,
@@ -281,19 +368,18 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Read the files and split the training set by `seed`.
-    pub fn load(spec: &DatasetSpec, files: &DataFiles, seed: u64) -> Result<Dataset, DataError> {
-        let train = Split::load(&files.train_images, &files.train_labels)?;
-        let test = Split::load(&files.test_images, &files.test_labels)?;
+    /// Split the training set of `raw` by `seed`.
+    pub fn new(spec: &DatasetSpec, raw: &RawData, seed: u64) -> Dataset {
+        let (train, test) = (raw.train.clone(), raw.test.clone());
         let (train_indices, valid_indices) =
             split_indices(train.images.count, spec.valid_size, seed, spec.shuffle);
-        Ok(Dataset {
+        Dataset {
             spec: spec.clone(),
             train,
             test,
             train_indices,
             valid_indices,
-        })
+        }
     }
 }
 

@@ -52,12 +52,18 @@ create_exception!(
 
 fn run_error(err: RunError) -> PyErr {
     let message = err.to_string();
-    let mut inner = &err;
-    while let RunError::Stage { source, .. } = inner {
-        inner = source;
-    }
-    match inner {
-        RunError::Plan(_) | RunError::Stage { .. } => RecipeError::new_err(message),
+    run_error_kind(&err, message)
+}
+
+/// The exception class of an error (the innermost cause decides), with `message`.
+fn run_error_kind(err: &RunError, message: String) -> PyErr {
+    match err {
+        RunError::Stage { source, .. } => run_error_kind(source, message),
+        RunError::Many(all) => match all.first() {
+            Some(first) => run_error_kind(first, message),
+            None => RecipeError::new_err(message),
+        },
+        RunError::Plan(_) => RecipeError::new_err(message),
         RunError::Data(_) => DataError::new_err(message),
         RunError::Training(crate::train::TrainingError::Interrupted) => {
             PyKeyboardInterrupt::new_err(message)
@@ -180,6 +186,7 @@ fn plan_and_options(
     schema: String,
     data_dir: Option<PathBuf>,
     quiet: bool,
+    provenance: String,
 ) -> PyResult<(Plan, RunOptions)> {
     let plan = Plan::from_value(&to_value(plan)?).map_err(run_error)?;
     Ok((
@@ -189,6 +196,7 @@ fn plan_and_options(
             schema,
             data_dir,
             quiet,
+            provenance,
             interrupted: python_interrupted,
         },
     ))
@@ -213,7 +221,7 @@ fn describe_plan(
     schema: String,
     data_dir: Option<PathBuf>,
 ) -> PyResult<String> {
-    let (plan, options) = plan_and_options(plan, work_dir, schema, data_dir, true)?;
+    let (plan, options) = plan_and_options(plan, work_dir, schema, data_dir, true, String::new())?;
     let reports = py
         .allow_threads(|| runner::describe(&plan, &options))
         .map_err(run_error)?;
@@ -221,8 +229,9 @@ fn describe_plan(
 }
 
 /// Run a plan, training what is not trained yet: a JSON list of stage reports.
+/// `provenance` (JSON) is stored with every model trained.
 #[pyfunction]
-#[pyo3(signature = (plan, work_dir, schema, data_dir=None, quiet=false))]
+#[pyo3(signature = (plan, work_dir, schema, data_dir=None, quiet=false, provenance="{}".to_string()))]
 fn run_plan(
     py: Python<'_>,
     plan: &Bound<'_, PyAny>,
@@ -230,8 +239,9 @@ fn run_plan(
     schema: String,
     data_dir: Option<PathBuf>,
     quiet: bool,
+    provenance: String,
 ) -> PyResult<String> {
-    let (plan, options) = plan_and_options(plan, work_dir, schema, data_dir, quiet)?;
+    let (plan, options) = plan_and_options(plan, work_dir, schema, data_dir, quiet, provenance)?;
     let reports = py
         .allow_threads(|| runner::run(&plan, &options))
         .map_err(run_error)?;

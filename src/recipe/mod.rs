@@ -66,7 +66,12 @@ pub fn resolve_commits(path: &Path, experiment: &str) -> Result<Vec<Pin>, Recipe
         path: path.to_path_buf(),
         line: e.line(),
         column: e.column(),
-        message: e.to_string(),
+        message: e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     })?;
     let root = json
         .as_object()

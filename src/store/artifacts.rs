@@ -30,19 +30,22 @@ impl LocalArtifacts {
         LocalArtifacts { root: root.into() }
     }
 
-    /// Copy `src` in as `name`: written to a temporary file, synced, then renamed, so a
-    /// crash never leaves a half-written artifact under its final name.
-    pub fn put(&self, name: &str, src: &Path) -> Result<ArtifactRef, StoreError> {
+    /// Copy `src` in as `<stem>-<sha256 prefix>.<extension>`: written to a temporary file,
+    /// synced, then renamed, so a crash never leaves a half-written artifact under its final
+    /// name and two writers of different content never overwrite each other.
+    pub fn put(&self, stem: &str, extension: &str, src: &Path) -> Result<ArtifactRef, StoreError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StoreError::Artifact { path, source }
         };
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
-        let target = self.root.join(name);
+        let bytes = std::fs::read(src).map_err(io(src))?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let name = format!("{stem}-{}.{extension}", &sha256[..16]);
+        let target = self.root.join(&name);
         let tmp = self
             .root
             .join(format!(".{name}.{}.tmp", std::process::id()));
-        let bytes = std::fs::read(src).map_err(io(src))?;
         let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         file.write_all(&bytes)
             .and_then(|_| file.sync_all())
@@ -50,7 +53,7 @@ impl LocalArtifacts {
         std::fs::rename(&tmp, &target).map_err(io(&target))?;
         Ok(ArtifactRef {
             uri: format!("{SCHEME}{name}"),
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            sha256,
             size: bytes.len() as u64,
         })
     }
@@ -64,7 +67,7 @@ impl LocalArtifacts {
         let actual = sha256_of(&path)?;
         if actual != sha256 {
             return Err(StoreError::Checksum {
-                uri: uri.to_string(),
+                path,
                 expected: sha256.into(),
                 actual,
             });
@@ -101,15 +104,19 @@ mod tests {
         let src = dir.path().join("w.bin");
         std::fs::write(&src, b"abc").unwrap();
         let store = LocalArtifacts::new(dir.path().join("artifacts"));
-        let art = store.put("k.safetensors", &src).unwrap();
-        assert_eq!(art.uri, "local:k.safetensors");
+        let art = store.put("k", "safetensors", &src).unwrap();
+        assert_eq!(art.uri, "local:k-ba7816bf8f01cfea.safetensors");
         assert_eq!(
             art.sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(art.size, 3);
         assert!(store.fetch(&art.uri, &art.sha256).is_ok());
-        std::fs::write(dir.path().join("artifacts/k.safetensors"), b"abd").unwrap();
+        std::fs::write(
+            dir.path().join("artifacts/k-ba7816bf8f01cfea.safetensors"),
+            b"abd",
+        )
+        .unwrap();
         let err = store.fetch(&art.uri, &art.sha256).unwrap_err().to_string();
         assert!(err.contains("sha256 mismatch"), "{err}");
     }

@@ -16,7 +16,10 @@ pub use artifacts::{ArtifactRef, LocalArtifacts};
 pub enum StoreError {
     #[error("database `{target}`: {source}")]
     Database { target: String, source: sqlx::Error },
-    #[error("schema `{0}` is not a valid name: use letters, digits and `_`, starting with a letter or `_`")]
+    #[error(
+        "schema `{0}` is not a valid name: use at most 63 letters, digits and `_`, starting \
+         with a letter or `_` (`--schema` sets it)"
+    )]
     BadSchema(String),
     #[error("artifact `{path}`: {source}")]
     Artifact {
@@ -25,9 +28,12 @@ pub enum StoreError {
     },
     #[error("artifact URI `{0}` is not a `local:` URI")]
     BadUri(String),
-    #[error("artifact `{uri}`: sha256 mismatch (expected {expected}, found {actual})")]
+    #[error(
+        "artifact `{path}`: sha256 mismatch (expected {expected}, found {actual}); the file \
+         is corrupt: delete it and its trained_model row to train the stage again"
+    )]
     Checksum {
-        uri: String,
+        path: PathBuf,
         expected: String,
         actual: String,
     },
@@ -120,9 +126,12 @@ pub struct ConfigKeys {
     pub seed: i64,
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE fabrikant (
+/// Versioned schema changes, applied in order and recorded in `bt_migrations`; a released
+/// migration is never edited, a change is a new entry.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE fabrikant (
         name TEXT PRIMARY KEY,
         email TEXT NOT NULL,
         affiliation TEXT NOT NULL,
@@ -131,20 +140,17 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE TABLE seed (seed INTEGER PRIMARY KEY);
     CREATE TABLE dataset (
-        fn TEXT NOT NULL, hash TEXT NOT NULL, legacy_hash TEXT NOT NULL, config TEXT NOT NULL,
-        comment TEXT NOT NULL,
+        fn TEXT NOT NULL, hash TEXT NOT NULL, config TEXT NOT NULL, comment TEXT NOT NULL,
         fabrikant TEXT NOT NULL REFERENCES fabrikant(name),
         created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (fn, hash)
     );
     CREATE TABLE model (
-        fn TEXT NOT NULL, hash TEXT NOT NULL, legacy_hash TEXT NOT NULL, config TEXT NOT NULL,
-        comment TEXT NOT NULL,
+        fn TEXT NOT NULL, hash TEXT NOT NULL, config TEXT NOT NULL, comment TEXT NOT NULL,
         fabrikant TEXT NOT NULL REFERENCES fabrikant(name),
         created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (fn, hash)
     );
     CREATE TABLE trainer (
-        fn TEXT NOT NULL, hash TEXT NOT NULL, legacy_hash TEXT NOT NULL, config TEXT NOT NULL,
-        comment TEXT NOT NULL,
+        fn TEXT NOT NULL, hash TEXT NOT NULL, config TEXT NOT NULL, comment TEXT NOT NULL,
         fabrikant TEXT NOT NULL REFERENCES fabrikant(name),
         created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (fn, hash)
     );
@@ -169,7 +175,15 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         chain TEXT NOT NULL, seed INTEGER NOT NULL, stage INTEGER NOT NULL, key TEXT NOT NULL,
         PRIMARY KEY (chain, seed, stage)
     );",
-)];
+    ),
+    (
+        2,
+        "ALTER TABLE dataset ADD COLUMN legacy_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE model ADD COLUMN legacy_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE trainer ADD COLUMN legacy_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE trained_model ADD COLUMN provenance TEXT NOT NULL DEFAULT '{}';",
+    ),
+];
 
 /// Check a schema name: it becomes a file name here and a schema name on servers.
 pub fn validate_schema(schema: &str) -> Result<(), StoreError> {
@@ -236,8 +250,13 @@ impl Store {
             .map_err(db)?
             .filename(path)
             .create_if_missing(create)
-            .foreign_keys(true)
-            .journal_mode(SqliteJournalMode::Wal);
+            .foreign_keys(true);
+        // Describing a plan only reads: open read-only, so a read-only work directory works.
+        let options = if create {
+            options.journal_mode(SqliteJournalMode::Wal)
+        } else {
+            options.read_only(true)
+        };
         let pool = rt
             .block_on(
                 SqlitePoolOptions::new()
@@ -356,20 +375,23 @@ impl Store {
             .map_err(self.db_err())
     }
 
-    /// Insert a trained model row.
+    /// Insert a trained model row; `false` when a row with its key exists already (another
+    /// run finished the same stage first), which is then kept.
     pub fn insert_trained(
         &self,
         row: &TrainedRow,
         fabrikant: &Fabrikant,
-    ) -> Result<(), StoreError> {
+        provenance: &str,
+    ) -> Result<bool, StoreError> {
         let k = &row.stage;
         self.rt
             .block_on(
                 sqlx::query(
                     "INSERT INTO trained_model (key, dataset_fn, dataset_hash, model_fn, \
                      model_hash, trainer_fn, trainer_hash, seed, parent_key, comment, score, \
-                     output, fabrikant, weights_uri, weights_sha256, weights_size) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     output, fabrikant, weights_uri, weights_sha256, weights_size, provenance) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (key) DO NOTHING",
                 )
                 .bind(&row.key)
                 .bind(&k.dataset.0)
@@ -387,9 +409,10 @@ impl Store {
                 .bind(&row.weights.uri)
                 .bind(&row.weights.sha256)
                 .bind(row.weights.size as i64)
+                .bind(provenance)
                 .execute(&self.pool),
             )
-            .map(|_| ())
+            .map(|done| done.rows_affected() == 1)
             .map_err(self.db_err())
     }
 

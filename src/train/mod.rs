@@ -20,12 +20,22 @@ pub enum TrainingError {
     Noise(#[from] NoiseError),
     #[error(transparent)]
     Data(#[from] DataError),
-    #[error("libtorch: {0}")]
+    #[error("libtorch: {}", first_line(.0))]
     Torch(#[from] tch::TchError),
+    #[error("training stopped unexpectedly: {0}")]
+    Panic(String),
     #[error("interrupted")]
     Interrupted,
     #[error("weights `{path}`: {reason}")]
     Weights { path: String, reason: String },
+}
+
+/// The first line of a libtorch error, without its C++ stack.
+fn first_line(err: &tch::TchError) -> String {
+    let text = err.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.trim_start_matches("Internal torch error: ")
+        .to_string()
 }
 
 /// The options of a `ModelConfig`, checked.
@@ -125,7 +135,7 @@ impl TrainerSpec {
                 ))
             }
         };
-        Ok(TrainerSpec {
+        let spec = TrainerSpec {
             force_cpu: opts.bool_or("force_cpu", false)?,
             optimizer,
             amsgrad: opts.bool_or("amsgrad", false)?,
@@ -142,9 +152,61 @@ impl TrainerSpec {
             noise_test: noise_test(opts.raw("noise_test"))?,
             freeze: opts.str_list("freeze")?,
             reset_linear: opts.bool_or("reset_linear", false)?,
-        })
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Check the ranges of the numeric options and the parts named by `freeze`.
+    fn check(&self) -> Result<(), TrainingError> {
+        let ranges = [
+            ("lr", self.lr, self.lr > 0.0, "a positive number"),
+            (
+                "weight_decay",
+                self.weight_decay,
+                self.weight_decay >= 0.0,
+                ">= 0",
+            ),
+            (
+                "momentum",
+                self.momentum,
+                (0.0..=1.0).contains(&self.momentum),
+                "in [0, 1]",
+            ),
+            (
+                "lr_decay",
+                self.lr_decay,
+                self.lr_decay > 0.0,
+                "a positive number",
+            ),
+        ];
+        for (option, value, ok, valid) in ranges {
+            if !(value.is_finite() && ok) {
+                return Err(TrainingError::Trainer(format!(
+                    "`{option}={value}` is invalid; it must be {valid}"
+                )));
+            }
+        }
+        if self.num_epochs == 0 {
+            return Err(TrainingError::Trainer(
+                "`num_epochs=0` trains nothing; give at least 1".into(),
+            ));
+        }
+        if let Some(part) = self
+            .freeze
+            .iter()
+            .find(|p| !MODEL_PARTS.contains(&p.as_str()))
+        {
+            return Err(TrainingError::Trainer(format!(
+                "`freeze` names `{part}`, which the model lacks; valid: `core`, `readout`"
+            )));
+        }
+        Ok(())
     }
 }
+
+/// The named parts every model has.
+pub const MODEL_PARTS: [&str; 2] = ["core", "readout"];
 
 fn reject_unbuilt(opts: &Options) -> Result<(), TrainingError> {
     for option in [
