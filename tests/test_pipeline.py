@@ -123,3 +123,18 @@ def test_ctrl_c_stops_training_and_stores_nothing_of_the_stage(tmp_path: Path, w
     assert "interrupted: the stage in progress was not stored" in err
     assert table_counts(work_dir / "db" / "bias_transfer_2026_01_01_tiny.sqlite")[
         "trained_model"] == 0
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "RMSprop"])
+def test_other_optimisers_train(tmp_path: Path, work_dir: Path, optimizer: str):
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, make_tiny_dataset(tmp_path / "data"), {
+        "num_epochs=2, lr=1e-3": f'num_epochs=2, lr=1e-2, optimizer="{optimizer}", momentum=0.9'})
+    proc = run_main(["--recipe", RECIPE, "--experiment", "tiny"], work_dir, recipes)
+    assert proc.returncode == 0, proc.stderr
+    with sqlite3.connect(work_dir / "db" / "bias_transfer_2026_01_01_tiny.sqlite") as con:
+        score, trainer = con.execute(
+            "SELECT t.score, c.config FROM trained_model t JOIN trainer c "
+            "ON t.trainer_hash = c.hash WHERE t.comment = 'Noisy'").fetchone()
+    assert bias_transfer_rs.decode(trainer)["optimizer"] == optimizer
+    assert score > 90.0
