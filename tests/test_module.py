@@ -27,3 +27,9 @@ def test_exceptions_share_one_base():
 
     for exc in (b.RecipeError, b.ConfigError, b.DataError, b.TrainingError, b.StoreError):
         assert issubclass(exc, b.BiasTransferError)
+
+
+def test_stubs_match_the_compiled_module():
+    proc = subprocess.run([sys.executable, "-m", "mypy.stubtest", "bias_transfer_rs._core"],
+                          capture_output=True, text=True, cwd="/")
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,50 @@
+"""The compiled core of bias_transfer_rs."""
+
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+__git_commit__: str
+
+class BiasTransferError(Exception): ...
+class RecipeError(BiasTransferError): ...
+class ConfigError(BiasTransferError): ...
+class DataError(BiasTransferError): ...
+class TrainingError(BiasTransferError): ...
+class StoreError(BiasTransferError): ...
+
+def config_hash(obj: Any) -> str: ...
+def make_hash(obj: Any) -> str: ...
+def decode(text: str) -> Any: ...
+def canonical(obj: Any) -> str: ...
+def resolve_commits(
+    path: str | PathLike[str], experiment: str
+) -> list[tuple[str, str, str]]: ...
+def describe_plan(
+    plan: dict[str, Any],
+    work_dir: str | PathLike[str],
+    schema: str,
+    data_dir: str | PathLike[str] | None = None,
+) -> str: ...
+def run_plan(
+    plan: dict[str, Any],
+    work_dir: str | PathLike[str],
+    schema: str,
+    data_dir: str | PathLike[str] | None = None,
+    quiet: bool = False,
+    provenance: str = "{}",
+) -> str: ...
+def validate_schema(schema: str) -> None: ...
+def apply_noise_array(
+    x: npt.NDArray[Any],
+    spec: dict[Any, float],
+    mode: str,
+    seed: int,
+    clamp: bool,
+    mean: list[float] | None = None,
+    norm_std: list[float] | None = None,
+    channels_last: bool = False,
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]: ...
