@@ -6,6 +6,25 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "BiasTransferError",
+    "ConfigError",
+    "DataError",
+    "RecipeError",
+    "StoreError",
+    "TrainingError",
+    "__git_commit__",
+    "__version__",
+    "apply_noise_array",
+    "canonical",
+    "config_hash",
+    "decode",
+    "describe_plan",
+    "make_hash",
+    "resolve_commits",
+    "run_plan",
+    "validate_schema",
+]
 __version__: str
 __git_commit__: str
 
@@ -35,7 +54,7 @@ def run_plan(
     schema: str,
     data_dir: str | PathLike[str] | None = None,
     quiet: bool = False,
-    provenance: str = "{}",
+    provenance: str | None = None,
 ) -> str: ...
 def validate_schema(schema: str) -> None: ...
 def apply_noise_array(

@@ -231,7 +231,7 @@ fn describe_plan(
 /// Run a plan, training what is not trained yet: a JSON list of stage reports.
 /// `provenance` (JSON) is stored with every model trained.
 #[pyfunction]
-#[pyo3(signature = (plan, work_dir, schema, data_dir=None, quiet=false, provenance="{}".to_string()))]
+#[pyo3(signature = (plan, work_dir, schema, data_dir=None, quiet=false, provenance=None))]
 fn run_plan(
     py: Python<'_>,
     plan: &Bound<'_, PyAny>,
@@ -239,8 +239,9 @@ fn run_plan(
     schema: String,
     data_dir: Option<PathBuf>,
     quiet: bool,
-    provenance: String,
+    provenance: Option<String>,
 ) -> PyResult<String> {
+    let provenance = provenance.unwrap_or_else(|| "{}".to_string());
     let (plan, options) = plan_and_options(plan, work_dir, schema, data_dir, quiet, provenance)?;
     let reports = py
         .allow_threads(|| runner::run(&plan, &options))
