@@ -131,6 +131,16 @@ impl NoiseSpec {
         levels
     }
 
+    /// The std for a sample at `level` (`None`: clean): the level itself, or for SNR the
+    /// sample's mean squared pixel intensity divided by it (level 0 is clean).
+    fn sample_std<T: Element>(&self, level: Option<f64>, sample: &[T], frame: &Frame) -> f64 {
+        match (level, self.mode) {
+            (None, _) | (Some(0.0), Mode::Snr) => 0.0,
+            (Some(level), Mode::Std) => level,
+            (Some(level), Mode::Snr) => mean_square_pixels(sample, frame) / level,
+        }
+    }
+
     /// Add noise to a batch in place, samples in parallel; return the std applied to each
     /// sample (0 for clean). The same `seed` gives the same output on any thread count.
     pub fn apply<T: Element>(&self, x: &mut [T], frame: &Frame, seed: u64) -> Vec<f32> {
@@ -139,12 +149,7 @@ impl NoiseSpec {
             .zip(levels.par_iter())
             .enumerate()
             .map(|(i, (sample, level))| {
-                let Some(level) = *level else { return 0.0 };
-                let std = match self.mode {
-                    Mode::Std => level,
-                    Mode::Snr if level == 0.0 => 0.0,
-                    Mode::Snr => mean_square_pixels(sample, frame) / level,
-                };
+                let std = self.sample_std(*level, sample, frame);
                 if std > 0.0 {
                     add_gaussian(sample, std, frame, &mut sample_rng(seed, i));
                 }
@@ -191,17 +196,13 @@ impl NoiseSpec {
                 x.to_device(Device::Cpu).flatten(0, -1),
             )?),
         };
+        let host = host.as_deref().unwrap_or_default();
         let stds: Vec<f64> = levels
             .iter()
             .enumerate()
-            .map(|(i, level)| match (level, &host) {
-                (None, _) => 0.0,
-                (Some(level), None) => *level,
-                (Some(level), _) if *level == 0.0 => 0.0,
-                (Some(level), Some(h)) => {
-                    let sample = &h[i * frame.sample_len..(i + 1) * frame.sample_len];
-                    mean_square_pixels(sample, &frame) / level
-                }
+            .map(|(i, level)| {
+                let sample = host.get(i * frame.sample_len..(i + 1) * frame.sample_len);
+                self.sample_std(*level, sample.unwrap_or_default(), &frame)
             })
             .collect();
 
