@@ -351,7 +351,14 @@ fn all_problems(mut problems: Vec<RunError>) -> RunError {
 }
 
 /// Describe a plan against the database without writing anything.
-pub fn describe(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, RunError> {
+///
+/// With `check`, every stage is also checked as a run would (reading its data) and its
+/// problems are reported; a run checks by itself, so it describes without.
+pub fn describe(
+    plan: &Plan,
+    options: &RunOptions,
+    check: bool,
+) -> Result<Vec<StageReport>, RunError> {
     let store = Store::open_existing(&options.work_dir, &options.schema)?;
     let mut cache = DataCache::new();
     plan.keyed()
@@ -361,9 +368,11 @@ pub fn describe(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, R
                 Some(s) => s.trained(&key)?,
                 None => None,
             };
-            let problem = check_stage(stage, options, &mut cache)
-                .err()
-                .map(|e| all_problems(e).to_string());
+            let problem = match check {
+                true => check_stage(stage, options, &mut cache).err(),
+                false => None,
+            };
+            let problem = problem.map(|e| all_problems(e).to_string());
             Ok(report(chain, i, stage, key, done, Status::Done, problem))
         })
         .collect()

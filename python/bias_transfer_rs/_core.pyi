@@ -47,6 +47,7 @@ def describe_plan(
     work_dir: str | PathLike[str],
     schema: str,
     data_dir: str | PathLike[str] | None = None,
+    check: bool = True,
 ) -> str: ...
 def run_plan(
     plan: dict[str, Any],

@@ -112,8 +112,9 @@ def run(args: argparse.Namespace, recipes_dir: Path) -> int:
     print("running with the installed code (dev mode): the pins are stored with each trained "
           "model, not checked out")
 
-    # 3. Describe the plan; stop there for a dry run.
-    reports = json.loads(_core.describe_plan(plan, work_dir, schema, data_dir))
+    # 3. Describe the plan (a dry run also checks every stage, as a run does); stop there
+    #    for a dry run.
+    reports = json.loads(_core.describe_plan(plan, work_dir, schema, data_dir, args.dry_run))
     print(_plan_table(reports))
     for r in reports:
         if r["problem"]:

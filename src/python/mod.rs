@@ -211,19 +211,21 @@ fn reports_json(reports: Vec<StageReport>) -> String {
     serde_json::Value::Array(reports.iter().map(StageReport::to_json).collect()).to_string()
 }
 
-/// Describe a plan against the database without writing: a JSON list of stage reports.
+/// Describe a plan against the database without writing: a JSON list of stage reports;
+/// with `check`, each stage's problems too (its data is read for that).
 #[pyfunction]
-#[pyo3(signature = (plan, work_dir, schema, data_dir=None))]
+#[pyo3(signature = (plan, work_dir, schema, data_dir=None, check=true))]
 fn describe_plan(
     py: Python<'_>,
     plan: &Bound<'_, PyAny>,
     work_dir: PathBuf,
     schema: String,
     data_dir: Option<PathBuf>,
+    check: bool,
 ) -> PyResult<String> {
     let (plan, options) = plan_and_options(plan, work_dir, schema, data_dir, true, String::new())?;
     let reports = py
-        .allow_threads(|| runner::describe(&plan, &options))
+        .allow_threads(|| runner::describe(&plan, &options, check))
         .map_err(run_error)?;
     Ok(reports_json(reports))
 }
