@@ -299,13 +299,15 @@ fn train_epoch(
     let mut order = data.train_indices.clone();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
     let batches = order.len().div_ceil(data.spec.batch_size) as u64;
+    // One seed for the batch threads (CPU) and the device path (CUDA): the same noise.
+    let noise_seed = epoch_seed ^ 0x5eed;
     let stream = BatchStream::start(StreamPlan {
         split: (data.train.images.clone(), data.train.labels.clone()),
         order,
         batch_size: data.spec.batch_size,
         norm: data.spec.normalization(),
         noise: input.trainer.noise.clone().filter(|_| !device.is_cuda()),
-        noise_seed: epoch_seed ^ 0x5eed,
+        noise_seed,
     });
     let bar = progress(
         input,
@@ -319,13 +321,7 @@ fn train_epoch(
             return Err(TrainingError::Interrupted);
         }
         let (xs, ys) = to_tensors(&batch, side, device);
-        let xs = noise_on_device(
-            input,
-            input.trainer.noise.as_ref(),
-            xs,
-            epoch_seed ^ 0x5eed,
-            i,
-        )?;
+        let xs = noise_on_device(input, input.trainer.noise.as_ref(), xs, noise_seed, i)?;
         let logits = model.forward(&xs).logits;
         let loss = cross_entropy(&logits, &ys)?;
         opt.backward_step(&loss);
