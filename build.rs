@@ -11,6 +11,14 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
+    // A build from an exported tree (no `.git`) is told its commit by whoever exported it.
+    println!("cargo:rerun-if-env-changed=BT_GIT_COMMIT");
+    if let Ok(commit) = std::env::var("BT_GIT_COMMIT") {
+        if !commit.is_empty() {
+            println!("cargo:rustc-env=BT_GIT_COMMIT={commit}");
+            return;
+        }
+    }
     let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_string());
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());

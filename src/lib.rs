@@ -6,6 +6,7 @@
 pub mod config;
 pub mod data;
 pub mod noise;
+pub mod pinning;
 pub mod recipe;
 pub mod runner;
 pub mod store;

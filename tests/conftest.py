@@ -20,13 +20,15 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def run_main(args: list[str], work_dir: Path, recipes_dir: Path = RECIPES,
-             **env: str) -> subprocess.CompletedProcess:
-    """Run `main.py` with its own work directory; returns the finished process."""
-    full_env = {**os.environ, "BT_WORK_DIR": str(work_dir), "BT_LOG": "info", **env}
+             dev_mode: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run `main.py` with its own work and cache directories; returns the finished process.
+    `dev_mode` runs the installed code (the pins are recorded, not checked out)."""
+    full_env = {**os.environ, "BT_WORK_DIR": str(work_dir), "BT_LOG": "info",
+                "BT_CACHE_DIR": str(work_dir.parent / "cache"), **env}
     return subprocess.run(
         [sys.executable, str(RECIPES / "main.py"), "--recipes-dir", str(recipes_dir),
-         "--quiet", *args],
-        capture_output=True, text=True, env=full_env, timeout=1800,
+         "--quiet", *(["--dev-mode"] if dev_mode else []), *args],
+        capture_output=True, text=True, env=full_env, timeout=3600,
     )
 
 

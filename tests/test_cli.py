@@ -17,8 +17,10 @@ def test_example_dry_run_prints_pins_chains_and_hashes(work_dir: Path):
     proc = run_main(["--recipe", EXAMPLE, "--experiment", "baseline", "--dry-run"], work_dir)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "bias_transfer    d8750eb4bb84e6090da506a4922aabb6ff012296   from `experiment`" in out
-    assert "nnfabrik         a63ba9c5a3ad1fa18a80f67a124f0af3b5e053d3   from `default`" in out
+    # Dev mode: the pins are listed with the working trees, which are not on this machine.
+    assert "pinned `d8750eb4bb84e6090da506a4922aabb6ff012296` in `baseline`" in out
+    assert "pinned `a63ba9c5a3ad1fa18a80f67a124f0af3b5e053d3` in `default`" in out
+    assert "nnfabrik         not found: repo `nnfabrik` not found: looked in" in out
     sys.path.insert(0, str(RECIPES))
     try:
         from _2020_04_05_example import baseline
@@ -32,6 +34,15 @@ def test_example_dry_run_prints_pins_chains_and_hashes(work_dir: Path):
             assert bias_transfer_rs.config_hash(config.to_dict())[:10] in line
         assert line.split()[-1] == "new"
     assert "`dataset_cls` `CIFAR10` is not available in this build" in out
+    assert not work_dir.exists()
+
+
+def test_pins_of_repositories_that_are_nowhere_are_named(work_dir: Path):
+    proc = run_main(["--recipe", EXAMPLE, "--experiment", "baseline", "--dry-run"], work_dir,
+                    dev_mode=False)
+    assert proc.returncode == 2
+    for repo in ("nnfabrik", "bias_transfer", "nnvision", "mlutils"):
+        assert f"repo `{repo}` not found: looked in `{RECIPES.parent / repo}`" in proc.stderr
     assert not work_dir.exists()
 
 

@@ -63,8 +63,9 @@ def test_trains_stores_and_skips_on_rerun(tiny, work_dir: Path, compress: bool):
     assert final["test_acc"] == rows["Noisy"]["score"]
     assert rows["Noisy"]["score"] > 90.0  # the generated classes are easy to separate
     provenance = json.loads(rows["Noisy"]["provenance"])
-    assert provenance["pins"] == [{"repo": "bias_transfer_rs", "revision": "abc",
-                                   "source": "default"}]
+    assert provenance["mode"] == "dev" and provenance["commits"] == {"bias_transfer_rs": None}
+    assert [(p["repo"], p["revision"], p["block"]) for p in provenance["pins"]] == [
+        ("bias_transfer_rs", "abc", "default")]
     assert provenance["bias_transfer_rs"] == bias_transfer_rs.__version__
     assert provenance["bias_transfer_rs_commit"] == bias_transfer_rs.__git_commit__
     assert provenance["torch"] == torch.__version__ and provenance["experiment"] == "tiny"
@@ -112,7 +113,7 @@ def test_ctrl_c_stops_training_and_stores_nothing_of_the_stage(tmp_path: Path, w
     env = {**os.environ, "BT_WORK_DIR": str(work_dir), "BT_LOG": "info"}
     proc = subprocess.Popen(
         [sys.executable, str(RECIPES / "main.py"), "--recipes-dir", str(recipes), "--quiet",
-         "--recipe", RECIPE, "--experiment", "tiny"],
+         "--dev-mode", "--recipe", RECIPE, "--experiment", "tiny"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:
         if "epoch 2/100000" in line:

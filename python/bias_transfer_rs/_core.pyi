@@ -10,6 +10,7 @@ __all__ = [
     "BiasTransferError",
     "ConfigError",
     "DataError",
+    "PinningError",
     "RecipeError",
     "StoreError",
     "TrainingError",
@@ -17,19 +18,27 @@ __all__ = [
     "__version__",
     "apply_noise_array",
     "canonical",
+    "commit_set_key",
     "config_hash",
     "decode",
     "describe_plan",
+    "export_commit",
     "make_hash",
+    "prepare_environment",
     "resolve_commits",
+    "resolve_pins",
     "run_plan",
+    "trained_models",
     "validate_schema",
+    "working_tree_state",
+    "working_trees",
 ]
 __version__: str
 __git_commit__: str
 
 class BiasTransferError(Exception): ...
 class RecipeError(BiasTransferError): ...
+class PinningError(BiasTransferError): ...
 class ConfigError(BiasTransferError): ...
 class DataError(BiasTransferError): ...
 class TrainingError(BiasTransferError): ...
@@ -58,6 +67,28 @@ def run_plan(
     provenance: str | None = None,
 ) -> str: ...
 def validate_schema(schema: str) -> None: ...
+def trained_models(work_dir: str | PathLike[str], schema: str) -> str: ...
+def resolve_pins(
+    commits_file: str | PathLike[str],
+    experiment: str,
+    recipe_dir: str | PathLike[str],
+    recipes_dir: str | PathLike[str],
+) -> str: ...
+def working_trees(
+    commits_file: str | PathLike[str],
+    experiment: str,
+    recipe_dir: str | PathLike[str],
+    recipes_dir: str | PathLike[str],
+) -> str: ...
+def commit_set_key(resolved: str) -> str: ...
+def prepare_environment(
+    resolved: str,
+    python: str | PathLike[str],
+    base_site: list[str | PathLike[str]],
+    recipes_dir: str | PathLike[str],
+    quiet: bool = False,
+) -> str: ...
+def working_tree_state(path: str | PathLike[str]) -> tuple[str, bool] | None: ...
 def apply_noise_array(
     x: npt.NDArray[Any],
     spec: dict[Any, float],
@@ -68,3 +99,6 @@ def apply_noise_array(
     norm_std: list[float] | None = None,
     channels_last: bool = False,
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]: ...
+def export_commit(
+    repo: str | PathLike[str], revision: str, dest: str | PathLike[str]
+) -> int: ...

@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from bias_transfer_rs import _core
-from bias_transfer_rs.recipe import build_plan, find_recipe, load_transfer_experiments, pins
+from bias_transfer_rs.pinning import (
+    ENV_VAR,
+    Pinning,
+    add_working_trees_to_path,
+    inside_environment,
+    prepare,
+    recipes_repository,
+    reexec,
+    resolve,
+)
+from bias_transfer_rs.recipe import Recipe, build_plan, find_recipe, load_transfer_experiments
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -28,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (chains, config hashes, pins) and stop")
     parser.add_argument("--dev-mode", action="store_true",
-                        help="use the installed code as it is instead of the pinned commits")
+                        help="use the installed code and the repositories' working trees as "
+                        "they are instead of the pinned commits; records their HEADs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--recipes-dir", type=Path, default=None,
                         help="the recipes repository (default: the folder of main.py, "
@@ -72,18 +83,22 @@ def _summary_table(reports: list[dict[str, Any]]) -> str:
     return _table(header, rows)
 
 
-def _provenance(recipe: str, experiment: str | None,
-                pins: list[tuple[str, str, str]]) -> dict[str, Any]:
-    """What produced a trained model: the recipe, its pins, and the software versions."""
+def _provenance(recipe: Recipe, experiment: str | None, pinning: Pinning,
+                recipes_state: dict[str, Any]) -> dict[str, Any]:
+    """What produced a trained model: the recipe and its repository's state, the commits the
+    code came from, and the software versions."""
     import platform
 
     import torch
 
     return {
-        "recipe": recipe,
+        "recipe": recipe.name,
         "experiment": experiment,
-        "mode": "dev",
-        "pins": [{"repo": r, "revision": rev, "source": src} for r, rev, src in pins],
+        "mode": pinning.mode,
+        "commits": pinning.commits(),
+        "pins": pinning.pins,
+        "environment": (pinning.environment or {}).get("key"),
+        "recipes_repository": recipes_state,
         "bias_transfer_rs": _core.__version__,
         "bias_transfer_rs_commit": _core.__git_commit__,
         "python": platform.python_version(),
@@ -91,26 +106,50 @@ def _provenance(recipe: str, experiment: str | None,
     }
 
 
-def run(args: argparse.Namespace, recipes_dir: Path) -> int:
-    # 1. Find the recipe and resolve its pins.
+def _pin(args: argparse.Namespace, recipe: Recipe) -> tuple[Pinning, dict[str, Any] | None]:
+    """Resolve the pins; the second item is the pinned environment the run must move into,
+    `None` when it goes on in this process."""
+    pinning = resolve(recipe, args.experiment, args.dev_mode)
+    if pinning.mode == "pinned" and inside_environment(pinning):
+        pinning.environment = {"key": os.environ[ENV_VAR], "path": sys.prefix}
+        print(f"running in the pinned environment `{sys.prefix}`")
+        return pinning, None
+    print(f"pinned commits ({recipe.commits_file}):")
+    print("\n".join(pinning.lines()) or "  none")
+    for warning in pinning.warnings:
+        print(f"  warning: {warning}")
+    if pinning.mode == "dev":
+        add_working_trees_to_path(pinning)
+        print("dev mode: running the installed code and the working trees as they are")
+        return pinning, None
+    if pinning.mode == "unpinned":
+        print("  warning: nothing is pinned; running the installed code")
+        return pinning, None
+    env = prepare(pinning, recipe, args.quiet)
+    state = "reused" if env["cached"] else "prepared"
+    print(f"environment {env['key']} {state} in {env['seconds']:.2f} s: `{env['path']}`")
+    return pinning, env
+
+
+def run(args: argparse.Namespace, recipes_dir: Path, argv: list[str] | None = None) -> int:
+    # 1. Find the recipe; pin its code, continuing in the pinned environment if need be.
     recipe = find_recipe(recipes_dir, args.recipe)
     schema = args.schema or recipe.default_schema()
     _core.validate_schema(schema)
-    resolved = pins(recipe, args.experiment)
+    if ENV_VAR not in os.environ:
+        print(f"recipe {recipe.name}, experiment {args.experiment or '(all)'}, "
+              f"schema {schema}")
+    pinning, env = _pin(args, recipe)
+    if env is not None:
+        return reexec(env, argv, recipes_dir)
     work_dir = Path(os.environ.get("BT_WORK_DIR") or recipes_dir.parent / "work").resolve()
     data_dir = os.environ.get("BT_DATA_DIR") or None
-
-    # 2. Import the experiments and build the plan.
-    plan = build_plan(load_transfer_experiments(recipe, args.experiment))
-    print(f"recipe {recipe.name}, experiment {args.experiment or '(all)'}, schema {schema}")
     print(f"work directory {work_dir}")
-    print("pinned commits (" + recipe.commits_file.name + "):")
-    for repo, revision, source in resolved:
-        print(f"  {repo:<16} {revision:<42} from `{source}`")
-    if not resolved:
-        print(f"  warning: `{recipe.commits_file}` pins no repository")
-    print("running with the installed code (dev mode): the pins are stored with each trained "
-          "model, not checked out")
+
+    # 2. Import the experiments and build the plan (the recipes repository's state is taken
+    #    first: importing writes `__pycache__` folders into it).
+    recipes_state = recipes_repository(recipe)
+    plan = build_plan(load_transfer_experiments(recipe, args.experiment))
 
     # 3. Describe the plan (a dry run also checks every stage, as a run does); stop there
     #    for a dry run.
@@ -123,7 +162,7 @@ def run(args: argparse.Namespace, recipes_dir: Path) -> int:
         return 0
 
     # 4. Train what is new and print the summary.
-    provenance = _provenance(recipe.name, args.experiment, resolved)
+    provenance = _provenance(recipe, args.experiment, pinning, recipes_state)
     reports = json.loads(_core.run_plan(plan, work_dir, schema, data_dir, args.quiet,
                                         json.dumps(provenance)))
     trained = sum(r["status"] == "trained" for r in reports)
@@ -139,7 +178,7 @@ def main(argv: list[str] | None = None, recipes_dir: Path | None = None) -> int:
     args = parse_args(argv)
     recipes_dir = (args.recipes_dir or recipes_dir or Path.cwd()).resolve()
     try:
-        return run(args, recipes_dir)
+        return run(args, recipes_dir, argv)
     except _core.BiasTransferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from typing import Any
 from bias_transfer.configs.base import BaseConfig
 from bias_transfer.configs.experiment import Experiment
 from bias_transfer.configs.transfer_experiment import TransferExperiment
-from bias_transfer_rs._core import ConfigError, RecipeError, canonical, resolve_commits
+from bias_transfer_rs._core import ConfigError, RecipeError, canonical
 
 
 @dataclass
@@ -63,11 +63,6 @@ def find_recipe(recipes_dir: Path, name: str | None) -> Recipe:
     if not recipe.commits_file.is_file():
         raise RecipeError(f"recipe `{name}` has no `__commits.json` in `{recipe.path}`")
     return recipe
-
-
-def pins(recipe: Recipe, experiment: str | None) -> list[tuple[str, str, str]]:
-    """The resolved pins `(repo, revision, source)` of an experiment (or the default)."""
-    return resolve_commits(recipe.commits_file, experiment or "default")
 
 
 def load_transfer_experiments(recipe: Recipe, experiment: str | None) -> dict[Any, Any]:

@@ -1,6 +1,7 @@
 //! The Python bindings: conversions and exceptions only.
 
 mod noise;
+mod pinning;
 
 use std::path::PathBuf;
 
@@ -24,6 +25,12 @@ create_exception!(
     RecipeError,
     BiasTransferError,
     "A recipe, plan or `__commits.json` is invalid."
+);
+create_exception!(
+    _core,
+    PinningError,
+    BiasTransferError,
+    "A pinned repository cannot be found, resolved, exported or installed."
 );
 create_exception!(
     _core,
@@ -251,6 +258,21 @@ fn run_plan(
     Ok(reports_json(reports))
 }
 
+/// Every trained model of a schema as a JSON list (one entry per chain stage, provenance
+/// included); an empty list when the schema has no database yet.
+#[pyfunction]
+fn trained_models(py: Python<'_>, work_dir: PathBuf, schema: &str) -> PyResult<String> {
+    let store_err = |e: crate::store::StoreError| StoreError::new_err(e.to_string());
+    let rows = py.allow_threads(|| {
+        crate::store::validate_schema(schema)?;
+        match crate::store::Store::open_existing(&work_dir, schema)? {
+            Some(store) => store.trained_models(),
+            None => Ok(Vec::new()),
+        }
+    });
+    Ok(serde_json::Value::Array(rows.map_err(store_err)?).to_string())
+}
+
 /// Check a schema name; raises `StoreError` when it is not a valid identifier.
 #[pyfunction]
 fn validate_schema(schema: &str) -> PyResult<()> {
@@ -276,6 +298,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     for (name, exc) in [
         ("BiasTransferError", py.get_type::<BiasTransferError>()),
         ("RecipeError", py.get_type::<RecipeError>()),
+        ("PinningError", py.get_type::<PinningError>()),
         ("ConfigError", py.get_type::<ConfigError>()),
         ("DataError", py.get_type::<DataError>()),
         ("TrainingError", py.get_type::<TrainingError>()),
@@ -291,6 +314,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(describe_plan, m)?)?;
     m.add_function(wrap_pyfunction!(run_plan, m)?)?;
     m.add_function(wrap_pyfunction!(validate_schema, m)?)?;
+    m.add_function(wrap_pyfunction!(trained_models, m)?)?;
     m.add_function(wrap_pyfunction!(noise::apply_noise_array, m)?)?;
+    pinning::register(m)?;
     Ok(())
 }

@@ -416,6 +416,43 @@ impl Store {
             .map_err(self.db_err())
     }
 
+    /// Every trained model, one entry per chain stage it belongs to (ordered by chain and
+    /// stage), with its provenance parsed: the rows a notebook reads.
+    pub fn trained_models(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let rows = self
+            .rt
+            .block_on(
+                sqlx::query(
+                    "SELECT c.chain, c.stage, t.key, t.parent_key, t.seed, t.comment, t.score, \
+                     t.weights_uri, t.weights_sha256, t.provenance, t.created_at \
+                     FROM trained_model t LEFT JOIN chain_stage c ON c.key = t.key \
+                     ORDER BY c.chain, c.stage, t.key",
+                )
+                .fetch_all(&self.pool),
+            )
+            .map_err(self.db_err())?;
+        rows.iter()
+            .map(|r| -> Result<serde_json::Value, sqlx::Error> {
+                let provenance: String = r.try_get("provenance")?;
+                Ok(serde_json::json!({
+                    "chain": r.try_get::<Option<String>, _>("chain")?,
+                    "stage": r.try_get::<Option<i64>, _>("stage")?,
+                    "key": r.try_get::<String, _>("key")?,
+                    "parent_key": r.try_get::<Option<String>, _>("parent_key")?,
+                    "seed": r.try_get::<i64, _>("seed")?,
+                    "comment": r.try_get::<String, _>("comment")?,
+                    "score": r.try_get::<f64, _>("score")?,
+                    "weights_uri": r.try_get::<String, _>("weights_uri")?,
+                    "weights_sha256": r.try_get::<String, _>("weights_sha256")?,
+                    "provenance": serde_json::from_str::<serde_json::Value>(&provenance)
+                        .unwrap_or(serde_json::Value::String(provenance)),
+                    "created_at": r.try_get::<String, _>("created_at")?,
+                }))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(self.db_err())
+    }
+
     /// Row counts of every table, for checks and status.
     pub fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let tables = [
