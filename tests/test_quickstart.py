@@ -11,7 +11,8 @@ import safetensors_io
 import torch
 from torch import nn
 
-from conftest import FASHION, read_idx, run_main, table_counts
+import bias_transfer_rs
+from conftest import FASHION, RECIPES, ROOT, read_idx, run_main, table_counts
 
 RECIPE = "_2026_12_03_fashion_noise"
 SCHEMA = "bias_transfer_2026_12_03_fashion_noise"
@@ -22,7 +23,8 @@ def quickstart(tmp_path_factory):
     assert (FASHION / "t10k-images-idx3-ubyte.gz").is_file(), \
         "Fashion-MNIST missing: run scripts/install.sh (Debian package dataset-fashion-mnist)"
     work = tmp_path_factory.mktemp("quickstart") / "work"
-    proc = run_main(["--recipe", RECIPE], work)
+    proc = run_main(["--recipe", RECIPE], work, dev_mode=False,
+                    BT_CARGO_TARGET_DIR=str(ROOT / "target"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     with sqlite3.connect(work / "db" / f"{SCHEMA}.sqlite") as con:
         con.row_factory = sqlite3.Row
@@ -63,8 +65,9 @@ def test_rows_and_rerun(quickstart):
     for chain in ("Clean -> Transfer", "Noise Augmented -> Transfer"):
         assert rows[(chain, 1)]["parent_key"] == rows[(chain, 0)]["key"]
         assert rows[(chain, 1)]["score"] >= 85.0
-    again = run_main(["--recipe", RECIPE], work)
+    again = run_main(["--recipe", RECIPE], work, dev_mode=False)
     assert again.returncode == 0, again.stderr
+    assert " reused in " in again.stdout
     assert "nothing to train: all 4 stages were trained before" in again.stdout
 
 
@@ -96,3 +99,16 @@ def test_stored_weights_give_the_same_accuracy_in_pytorch(quickstart):
         logits = net(images.float().div(255).unsqueeze(1))
     acc = 100.0 * (logits.argmax(1) == labels).float().mean().item()
     assert acc == pytest.approx(clean["score"], abs=0.02)
+
+
+def test_the_pinned_commit_of_this_project_trained_the_models(quickstart):
+    work, proc, _ = quickstart
+    pinned = json.loads((RECIPES / RECIPE / "__commits.json").read_text())["default"]
+    assert " prepared in " in proc.stdout and "running in the pinned environment" in proc.stdout
+    rows = bias_transfer_rs.trained_models(SCHEMA, work)
+    assert len(rows) == 4
+    for row in rows:
+        p = row["provenance"]
+        assert p["mode"] == "pinned"
+        assert p["commits"] == {"bias_transfer_rs": pinned["bias_transfer_rs"]}
+        assert p["bias_transfer_rs_commit"] == pinned["bias_transfer_rs"]
