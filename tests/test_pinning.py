@@ -172,7 +172,8 @@ def test_cache_hit_is_fast_and_parallel_workers_share_one_checkout(repos, recipe
         recipes = Path({str(recipes)!r})
         pins = _core.resolve_pins(recipes / {TINY!r} / "__commits.json", "default",
                                   recipes / {TINY!r}, recipes)
-        env = _core.prepare_environment(pins, sys.executable, base_site_dirs(), recipes, True)
+        env = _core.prepare_environment(pins, sys.executable, base_site_dirs(), recipes,
+                                        quiet=True)
         print(env)
         """)
     env = {**os.environ, "BT_CACHE_DIR": str(cache), "BT_SRC_DIR": str(repos["src"])}
@@ -207,7 +208,7 @@ def test_provenance_rows_match_the_pins(repos, recipes: Path, tmp_path: Path):
     proc = pinned([], tmp_path, recipes, repos["src"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    rows = bias_transfer_rs.trained_models("bias_transfer_2026_01_01_tiny", tmp_path / "work")
+    rows = bias_transfer_rs.connect("bias_transfer_2026_01_01_tiny", tmp_path / "work").rows()
     assert {(r["chain"], r["stage"]) for r in rows} == {
         ("Noisy", 0), ("Noisy -> Transfer", 0), ("Noisy -> Transfer", 1)}
     for row in rows:
@@ -219,7 +220,7 @@ def test_provenance_rows_match_the_pins(repos, recipes: Path, tmp_path: Path):
             ("plainlib", repos["plain_one"], "commit", "default")]
         assert p["recipes_repository"] == {"path": str(recipes), "head": recipes_head,
                                            "dirty": False}
-        assert p["environment"] == _core.commit_set_key(json.dumps(p["pins"]))
+        assert p["environment"].startswith(_core.commit_set_key(json.dumps(p["pins"])) + "-")
         assert p["bias_transfer_rs"] == bias_transfer_rs.__version__
     assert rows[0]["comment"].startswith("Noisy one") or rows[-1]["comment"] == "Transfer"
 
@@ -234,12 +235,36 @@ def test_dev_mode_records_heads_and_warns_about_dirty_trees(repos, recipes: Path
                     BT_SRC_DIR=str(repos["src"]))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "`plainlib` has uncommitted changes" in proc.stdout
-    rows = bias_transfer_rs.trained_models("bias_transfer_2026_01_01_tiny", tmp_path / "work")
+    rows = bias_transfer_rs.connect("bias_transfer_2026_01_01_tiny", tmp_path / "work").rows()
     p = rows[0]["provenance"]
     assert p["mode"] == "dev"
     assert p["commits"] == {"mylib": repos["two"], "plainlib": repos["plain_one"]}
     assert {x["repo"]: x["dirty"] for x in p["pins"]} == {"mylib": False, "plainlib": True}
     assert any(r["comment"] == "Noisy edited" for r in rows)
+
+
+def hostile_commit(repo: Path, name: str) -> str:
+    """A commit whose tree holds an entry called `name` (git itself would refuse it)."""
+    blob = subprocess.run(["git", "-C", str(repo), "hash-object", "-w", "--stdin"],
+                          input=b"escaped\n", capture_output=True, check=True).stdout.strip()
+    entry = b"100644 " + name.encode() + b"\0" + bytes.fromhex(blob.decode())
+    tree = subprocess.run(["git", "-C", str(repo), "hash-object", "-w", "-t", "tree",
+                           "--literally", "--stdin"], input=entry, capture_output=True,
+                          check=True).stdout.decode().strip()
+    return git(repo, "commit-tree", tree, "-m", "hostile")
+
+
+@pytest.mark.parametrize("name", ["..", ".git", "/tmp/escaped-by-a-pin"])
+def test_a_commit_cannot_write_outside_its_checkout(repos, recipes: Path, tmp_path: Path,
+                                                    name: str):
+    set_pins(recipes, {"default": {"mylib": hostile_commit(repos["mylib"], name)}})
+    proc = pinned(["--dry-run"], tmp_path, recipes, repos["src"])
+    assert proc.returncode == 2
+    assert "which would be written outside its checkout; refusing to export it" in proc.stderr
+    assert not Path("/tmp/escaped-by-a-pin").exists()
+    checkouts = tmp_path / "cache" / "checkouts" / "mylib"
+    assert [p.name for p in checkouts.iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in (tmp_path / "cache" / "checkouts").iterdir()] == ["mylib"]
 
 
 @pytest.mark.parametrize("pins, mapping, message", [
@@ -254,6 +279,12 @@ def test_dev_mode_records_heads_and_warns_about_dirty_trees(repos, recipes: Path
     ({"default": {"remotelib": "main"}}, {"remotelib": "file:///nowhere/remotelib.git"},
      "fetching `file:///nowhere/remotelib.git` failed"),
     ({"default": {"mylib": 1}}, None, "__commits.json`: `default.mylib` must be a string"),
+    ({"default": {"../escape": "v1"}}, None, "`default.../escape`: a repo name is a folder name"),
+    ({"default": {"mylib": "v1"}}, {"mylib": "no-such-folder"},
+     "`default.mylib`: revision `v1`: repo `mylib` not found: looked in"),
+    ({"default": {"mylib": "HEAD:pyproject.toml"}}, None,
+     "`default.mylib`: revision `HEAD:pyproject.toml`: git repository"),
+    ({"default": {"mylib": "HEAD^{tree}"}}, None, "names a tree, not a commit"),
 ])
 def test_bad_pins_are_named(repos, recipes: Path, tmp_path: Path, pins, mapping, message):
     set_pins(recipes, pins, mapping)
@@ -266,7 +297,7 @@ def test_bad_pins_are_named(repos, recipes: Path, tmp_path: Path, pins, mapping,
 
 def test_a_failing_install_names_the_log_and_leaves_no_environment(repos, recipes: Path,
                                                                   tmp_path: Path):
-    broken = commit(repos["mylib"], {"pyproject.toml": "[project\nname = "}, "broken")
+    broken = commit(repos["mylib"], {"pyproject.toml": "[project]\nname = \n"}, "broken")
     set_pins(recipes, {"default": {"mylib": broken}})
     proc = pinned(["--dry-run"], tmp_path, recipes, repos["src"])
     assert proc.returncode == 2
@@ -274,3 +305,25 @@ def test_a_failing_install_names_the_log_and_leaves_no_environment(repos, recipe
     assert "mylib.log" in proc.stderr
     envs = tmp_path / "cache" / "envs"
     assert not any((p / ".bt-ready").exists() for p in envs.iterdir())
+
+
+def test_bad_settings_and_stale_variables(repos, recipes: Path, tmp_path: Path):
+    set_pins(recipes, {"default": {"mylib": repos["one"]}})
+    proc = pinned(["--dry-run"], tmp_path, recipes, repos["src"], BT_LOCK_TIMEOUT="inf")
+    assert proc.returncode == 2
+    assert "`BT_LOCK_TIMEOUT`: `inf` is not a number of seconds up to a year" in proc.stderr
+
+    # A variable left over from another run does not pass this process off as pinned.
+    proc = pinned(["--dry-run"], tmp_path, recipes, repos["src"],
+                  BT_PINNED_ENV="0123456789abcdef-01234567")
+    assert proc.returncode == 0, proc.stderr
+    assert "Noisy one" in proc.stdout and " prepared in " in proc.stdout
+
+
+def test_a_recipe_that_exits_while_imported_is_an_error(recipes: Path, tmp_path: Path):
+    module = recipes / TINY / "tiny.py"
+    module.write_text("import sys\nsys.exit(3)\n")
+    proc = run_main(["--recipe", TINY, "--experiment", "tiny", "--dry-run"], tmp_path / "work",
+                    recipes)
+    assert proc.returncode == 2
+    assert "importing `_2026_01_01_tiny.tiny`" in proc.stderr and "SystemExit: 3" in proc.stderr

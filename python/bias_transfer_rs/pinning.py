@@ -86,24 +86,32 @@ def resolve(recipe: Recipe, experiment: str | None, dev_mode: bool) -> Pinning:
 
 
 def inside_environment(pinning: Pinning) -> bool:
-    """Whether this process already runs in the environment of exactly these commits."""
+    """Whether this process already runs in an environment of exactly these commits (one
+    that `reexec` started: `BT_PINNED_ENV` names the environment `sys.prefix` is)."""
     wanted = os.environ.get(ENV_VAR)
-    if not wanted:
+    if not wanted or Path(sys.prefix).name != wanted:
         return False
     key = _core.commit_set_key(json.dumps(pinning.pins))
-    if wanted != key:
+    if not wanted.startswith(key + "-"):
         raise _core.PinningError(
-            f"this process was started in the environment `{wanted}` but the pins now "
-            f"resolve to the commit set `{key}`; did `__commits.json` or a branch change "
-            "meanwhile? Run the command again")
+            f"this process runs in the environment `{sys.prefix}`, made for other commits "
+            f"than the pins resolve to now (commit set `{key}`): a branch or tag moved, or "
+            "`__commits.json` changed, while the run started; start it again")
     return True
+
+
+def _identity() -> str:
+    """What a pinned build depends on besides the commits: Python and torch."""
+    import torch
+
+    return f"python {sys.version}; torch {torch.__version__}"
 
 
 def prepare(pinning: Pinning, recipe: Recipe, quiet: bool) -> dict[str, Any]:
     """Export the pinned commits and prepare their environment (cached, locked)."""
     env = json.loads(_core.prepare_environment(
         json.dumps(pinning.pins), Path(sys.executable), [Path(d) for d in base_site_dirs()],
-        recipe.recipes_dir, quiet))
+        recipe.recipes_dir, _identity(), quiet))
     pinning.environment = env
     return env
 
@@ -116,11 +124,16 @@ def reexec(env: dict[str, Any], argv: list[str] | None, recipes_dir: Path) -> in
     script = Path(sys.argv[0])
     sys.stdout.flush()
     sys.stderr.flush()
-    if argv is None and script.is_file():
-        os.execve(env["python"], [env["python"], str(script), *sys.argv[1:]], environ)
-    command = [env["python"], "-m", "bias_transfer_rs.cli", "--recipes-dir", str(recipes_dir),
-               *(sys.argv[1:] if argv is None else argv)]
-    return subprocess.call(command, env=environ)
+    own_module = script.resolve() == Path(__file__).with_name("cli.py").resolve()
+    try:
+        if argv is None and script.is_file() and not own_module:
+            os.execve(env["python"], [env["python"], str(script), *sys.argv[1:]], environ)
+        command = [env["python"], "-m", "bias_transfer_rs.cli", "--recipes-dir",
+                   str(recipes_dir), *(sys.argv[1:] if argv is None else argv)]
+        return subprocess.call(command, env=environ)
+    except OSError as exc:
+        raise _core.PinningError(f"cannot start `{env['python']}` of the environment "
+                                 f"`{env['path']}`: {exc}") from exc
 
 
 def add_working_trees_to_path(pinning: Pinning) -> None:

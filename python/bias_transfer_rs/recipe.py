@@ -77,7 +77,7 @@ def load_transfer_experiments(recipe: Recipe, experiment: str | None) -> dict[An
         sys.path.insert(0, str(recipe.recipes_dir))
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise RecipeError(f"importing `{module_name}` from `{recipe.recipes_dir}` failed: "
                           f"{type(exc).__name__}: {exc}") from exc
     found = getattr(module, "transfer_experiments", None)

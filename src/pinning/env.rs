@@ -27,15 +27,20 @@ const READY: &str = ".bt-ready";
 
 /// Prepare (or reuse) the environment of `resolved` for the interpreter `python`, whose
 /// package folders `base_site` it sees. Nothing is installed into `python` itself.
+///
+/// The folder is `<commit set key>-<interpreter digest>`: the same commits prepared for
+/// another interpreter (or another set of base packages, described by `identity`) get
+/// their own environment.
 pub fn prepare(
     resolved: &[Resolved],
     python: &Path,
     base_site: &[PathBuf],
+    identity: &str,
     settings: &Settings,
     quiet: bool,
 ) -> Result<Environment, PinningError> {
     let start = Instant::now();
-    let key = commit_set_key(resolved);
+    let key = environment_key(resolved, python, base_site, identity);
     let path = settings.cache_dir.join("envs").join(&key);
     let mut environment = Environment {
         python: path.join("bin").join("python"),
@@ -52,17 +57,37 @@ pub fn prepare(
         environment.checkouts.push((r.repo.clone(), folder));
     }
 
-    // 2. A ready environment is reused as it is; otherwise build it under its lock.
-    if !path.join(READY).is_file() {
+    // 2. A ready environment is reused as it is; otherwise (or when its interpreter is
+    //    gone) build it under its lock.
+    let ready = |env: &Environment| env.path.join(READY).is_file() && env.python.is_file();
+    if !ready(&environment) {
         let what = format!("the environment `{key}`");
         let _lock = lock::lock(&path.with_extension("lock"), settings.lock_timeout, &what)?;
-        if !path.join(READY).is_file() {
+        if !ready(&environment) {
             build(&environment, resolved, python, base_site, settings, quiet)?;
             environment.cached = false;
         }
     }
     environment.seconds = start.elapsed().as_secs_f64();
     Ok(environment)
+}
+
+/// `<commit set key>-<8 hex digits of the interpreter, its package folders and identity>`.
+pub fn environment_key(
+    resolved: &[Resolved],
+    python: &Path,
+    base_site: &[PathBuf],
+    identity: &str,
+) -> String {
+    let mut text = format!("{}\n{identity}\n", python.display());
+    for dir in base_site {
+        text.push_str(&format!("{}\n", dir.display()));
+    }
+    format!(
+        "{}-{}",
+        commit_set_key(resolved),
+        super::short_digest(&text, 8)
+    )
 }
 
 fn env_error(env: &Path, message: impl Into<String>) -> PinningError {
@@ -126,7 +151,7 @@ fn build(
     std::fs::create_dir_all(&logs).map_err(io(&logs))?;
     let mut on_path = String::new();
     for (r, (_, folder)) in resolved.iter().zip(&environment.checkouts) {
-        if folder.join("pyproject.toml").is_file() || folder.join("setup.py").is_file() {
+        if is_installable(folder) {
             install(environment, r, folder, &logs, settings, quiet)?;
         } else {
             on_path.push_str(&format!("{}\n", folder.display()));
@@ -143,6 +168,19 @@ fn build(
     });
     let ready = path.join(READY);
     std::fs::write(&ready, format!("{manifest:#}\n")).map_err(io(&ready))
+}
+
+/// Whether a checkout is a Python package pip can install: a `setup.py`, or a
+/// `pyproject.toml` with a `[project]` or `[build-system]` table (not just tool settings).
+pub fn is_installable(folder: &Path) -> bool {
+    if folder.join("setup.py").is_file() {
+        return true;
+    }
+    std::fs::read_to_string(folder.join("pyproject.toml")).is_ok_and(|text| {
+        text.lines()
+            .map(str::trim)
+            .any(|l| l == "[project]" || l == "[build-system]")
+    })
 }
 
 fn site_packages(python: &Path) -> Result<PathBuf, String> {
@@ -176,13 +214,12 @@ fn install(
     quiet: bool,
 ) -> Result<(), PinningError> {
     let path = &environment.path;
-    let build_dir = settings.cache_dir.join("build").join(format!(
-        "{}-{}-{}",
-        resolved.repo,
-        &resolved.commit[..12],
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&build_dir);
+    let prefix = format!("{}-{}-", resolved.repo, &resolved.commit[..12]);
+    super::remove_leftovers(&settings.cache_dir.join("build"), &prefix);
+    let build_dir = settings
+        .cache_dir
+        .join("build")
+        .join(format!("{prefix}{}", std::process::id()));
     copy_tree(checkout, &build_dir).map_err(|source| PinningError::Io {
         path: build_dir.clone(),
         source,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{ObjectType, Oid, Repository};
 use rayon::prelude::*;
 
 use super::{lock, PinningError};
@@ -87,6 +87,12 @@ fn resolve_in(
 
     // 3. Short commit ids and expressions.
     match repo.revparse_single(revision) {
+        Ok(object) if !matches!(object.kind(), Some(ObjectType::Commit | ObjectType::Tag)) => {
+            let kind = object.kind().map_or("object", |k| k.str());
+            Err(git2::Error::from_str(&format!(
+                "`{revision}` names a {kind}, not a commit"
+            )))
+        }
         Ok(object) => {
             let kind = if revision.bytes().all(|b| b.is_ascii_hexdigit()) {
                 RevisionKind::Commit
@@ -100,10 +106,16 @@ fn resolve_in(
     }
 }
 
-/// The commit at HEAD of the working tree at `path`, and whether the tree differs from it
-/// (modified, staged or untracked files that are not ignored).
-pub fn working_tree_state(path: &Path) -> Result<(String, bool), PinningError> {
-    let repo = Repository::discover(path).map_err(|e| git_error(path, e))?;
+/// The commit at HEAD of the working tree at `path` (the repository holding it, when
+/// `discover`; else `path` must be the repository itself), and whether the tree differs
+/// from it (modified, staged or untracked files that are not ignored).
+pub fn working_tree_state(path: &Path, discover: bool) -> Result<(String, bool), PinningError> {
+    let repo = if discover {
+        Repository::discover(path)
+    } else {
+        Repository::open(path)
+    }
+    .map_err(|e| git_error(path, e))?;
     let head = repo
         .head()
         .and_then(|h| h.peel_to_commit())
@@ -173,7 +185,7 @@ pub fn export_tree(repo_path: &Path, commit: Oid, dest: &Path) -> Result<usize, 
         move |source| PinningError::Io { path, source }
     };
 
-    // 1. List the tree: folders and files.
+    // 1. List the tree: folders and files, refusing names that would leave `dest`.
     let repo = Repository::open(repo_path).map_err(git)?;
     let tree = repo
         .find_commit(commit)
@@ -181,21 +193,14 @@ pub fn export_tree(repo_path: &Path, commit: Oid, dest: &Path) -> Result<usize, 
         .map_err(git)?;
     let mut folders = vec![dest.to_path_buf()];
     let mut files = Vec::new();
-    tree.walk(TreeWalkMode::PreOrder, |root, entry| {
-        let path = dest.join(root).join(entry.name().unwrap_or("?"));
-        match entry.kind() {
-            Some(ObjectType::Tree) => folders.push(path),
-            Some(ObjectType::Blob) => files.push(Entry {
-                path,
-                oid: entry.id(),
-                mode: entry.filemode(),
-            }),
-            // A submodule (a commit inside a tree): its own repository, not exported.
-            _ => folders.push(path),
-        }
-        TreeWalkResult::Ok
-    })
-    .map_err(git)?;
+    list_tree(&repo, &tree, dest, &mut folders, &mut files).map_err(|e| match e {
+        Listing::Git(e) => git(e),
+        Listing::Unsafe(name) => PinningError::UnsafePath {
+            repo: repo_path.to_path_buf(),
+            commit: commit.to_string(),
+            name,
+        },
+    })?;
 
     // 2. Make the folders, then write the files in parallel (one repository per worker).
     for folder in &folders {
@@ -217,6 +222,55 @@ pub fn export_tree(repo_path: &Path, commit: Oid, dest: &Path) -> Result<usize, 
     Ok(files.len())
 }
 
+enum Listing {
+    Git(git2::Error),
+    Unsafe(String),
+}
+
+/// Whether a tree entry's name is one plain file or folder name: not empty, not `.`, `..`
+/// or `.git`, without `/` or NUL.
+fn is_safe_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name != b"."
+        && name != b".."
+        && !name.eq_ignore_ascii_case(b".git")
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+}
+
+fn list_tree(
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    folder: &Path,
+    folders: &mut Vec<PathBuf>,
+    files: &mut Vec<Entry>,
+) -> Result<(), Listing> {
+    use std::os::unix::ffi::OsStrExt;
+
+    for entry in tree.iter() {
+        let name = entry.name_bytes();
+        let path = folder.join(std::ffi::OsStr::from_bytes(name));
+        if !is_safe_name(name) {
+            return Err(Listing::Unsafe(path.display().to_string()));
+        }
+        match entry.kind() {
+            Some(ObjectType::Tree) => {
+                folders.push(path.clone());
+                let sub = repo.find_tree(entry.id()).map_err(Listing::Git)?;
+                list_tree(repo, &sub, &path, folders, files)?;
+            }
+            Some(ObjectType::Blob) => files.push(Entry {
+                path,
+                oid: entry.id(),
+                mode: entry.filemode(),
+            }),
+            // A submodule (a commit inside a tree): its own repository, not exported.
+            _ => folders.push(path),
+        }
+    }
+    Ok(())
+}
+
 fn write_entry(entry: &Entry, content: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
 
@@ -230,4 +284,92 @@ fn write_entry(entry: &Entry, content: &[u8]) -> std::io::Result<()> {
         std::fs::set_permissions(&entry.path, std::fs::Permissions::from_mode(0o755))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.invalid",
+                "-C",
+            ])
+            .arg(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn export_keeps_bytes_modes_symlinks_and_odd_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(repo.join("bin")).unwrap();
+        git(&repo, &["init", "-q"]);
+        std::fs::write(repo.join("bin/run"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(repo.join("bin/run"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(repo.join("data.txt"), b"a\r\nb\0c").unwrap();
+        std::os::unix::fs::symlink("data.txt", repo.join("link")).unwrap();
+        let odd = std::ffi::OsStr::from_bytes(b"lat\xe9.txt");
+        std::fs::write(repo.join(odd), "latin-1 name").unwrap();
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", "one"]);
+        let head = Oid::from_str(&git(&repo, &["rev-parse", "HEAD"])).unwrap();
+
+        let dest = dir.path().join("out");
+        assert_eq!(export_tree(&repo, head, &dest).unwrap(), 4);
+        assert_eq!(std::fs::read(dest.join("data.txt")).unwrap(), b"a\r\nb\0c");
+        let mode = std::fs::metadata(dest.join("bin/run"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
+        assert_eq!(
+            std::fs::read_link(dest.join("link")).unwrap(),
+            Path::new("data.txt")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.join(odd)).unwrap(),
+            "latin-1 name"
+        );
+    }
+
+    #[test]
+    fn revisions_resolve_with_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        std::fs::write(dir.path().join("f"), "1").unwrap();
+        git(dir.path(), &["add", "-A"]);
+        git(dir.path(), &["commit", "-q", "-m", "one"]);
+        git(dir.path(), &["tag", "v1"]);
+        let head = git(dir.path(), &["rev-parse", "HEAD"]);
+        let kind = |rev: &str| {
+            resolve(dir.path(), rev)
+                .unwrap()
+                .map(|(o, k)| (o.to_string(), k))
+        };
+        assert_eq!(kind(&head), Some((head.clone(), RevisionKind::Commit)));
+        assert_eq!(kind(&head[..8]), Some((head.clone(), RevisionKind::Commit)));
+        assert_eq!(kind("v1"), Some((head.clone(), RevisionKind::Tag)));
+        assert_eq!(kind("main"), Some((head.clone(), RevisionKind::Branch)));
+        assert_eq!(kind("nope"), None);
+        assert_eq!(kind(&"0".repeat(40)), None);
+        let err = resolve(dir.path(), "HEAD^{tree}").unwrap_err().to_string();
+        assert!(err.contains("names a tree, not a commit"), "{err}");
+    }
 }

@@ -66,7 +66,10 @@ fn timed_out(path: &Path, file: &mut File, timeout: Duration, what: &str) -> Pin
         what: what.to_string(),
         path: PathBuf::from(path),
         seconds: timeout.as_secs_f64(),
-        holder: holder.trim().to_string(),
+        holder: match holder.trim() {
+            "" => "another process".to_string(),
+            pid => format!("pid {pid}"),
+        },
     }
 }
 

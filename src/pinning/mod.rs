@@ -25,10 +25,23 @@ pub enum PinningError {
     },
     #[error("git repository `{repo}`: {message}")]
     Git { repo: PathBuf, message: String },
+    #[error("commit {commit} of `{repo}` holds the path `{name}`, which would be written outside its checkout; refusing to export it")]
+    UnsafePath {
+        repo: PathBuf,
+        commit: String,
+        name: String,
+    },
     #[error("fetching `{url}` failed: {message}")]
     Fetch { url: String, message: String },
     #[error("`{path}`: {message}")]
     Mapping { path: PathBuf, message: String },
+    #[error("`{file}`, `{key}`: revision `{revision}`: {message}")]
+    Pin {
+        file: PathBuf,
+        key: String,
+        revision: String,
+        message: String,
+    },
     #[error("repo `{repo}` not found: looked in {looked}; put it there, set `BT_SRC_DIR`, or map the name to a path or URL in `__repos.json`")]
     NotFound { repo: String, looked: String },
     #[error("`{file}`, `{key}`: revision `{revision}` names no commit in {places}")]
@@ -38,7 +51,7 @@ pub enum PinningError {
         revision: String,
         places: String,
     },
-    #[error("timed out after {seconds} s waiting for the lock on {what} (`{path}`, held by pid {holder}); raise `BT_LOCK_TIMEOUT` (seconds) if it is still working")]
+    #[error("timed out after {seconds} s waiting for the lock on {what} (`{path}`, held by {holder}); raise `BT_LOCK_TIMEOUT` (seconds) if it is still working")]
     LockTimeout {
         what: String,
         path: PathBuf,
@@ -79,18 +92,16 @@ impl Settings {
             None => recipes_dir.parent().unwrap_or(recipes_dir).to_path_buf(),
         };
         let lock_timeout = match std::env::var("BT_LOCK_TIMEOUT") {
-            Ok(text) if !text.is_empty() => {
-                let seconds: f64 = text
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| *s >= 0.0)
-                    .ok_or_else(|| PinningError::Mapping {
-                        path: PathBuf::from("BT_LOCK_TIMEOUT"),
-                        message: format!("`{text}` is not a number of seconds"),
-                    })?;
-                Duration::from_secs_f64(seconds)
-            }
+            Ok(text) if !text.is_empty() => text
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .filter(|d| d.as_secs() <= 366 * 24 * 3600)
+                .ok_or_else(|| PinningError::Mapping {
+                    path: PathBuf::from("BT_LOCK_TIMEOUT"),
+                    message: format!("`{text}` is not a number of seconds up to a year"),
+                })?,
             _ => Duration::from_secs(3600),
         };
         Ok(Settings {
@@ -210,6 +221,11 @@ fn read_mapping(file: &Path) -> Result<BTreeMap<String, Source>, PinningError> {
     object
         .iter()
         .map(|(name, value)| {
+            if !crate::recipe::is_repo_name(name) {
+                return Err(bad(format!(
+                    "`{name}`: a repo name is a folder name (letters, digits, `.`, `_`, `-`)"
+                )));
+            }
             let source = match value {
                 serde_json::Value::String(s) if is_url(s) => Source {
                     url: Some(s.clone()),
@@ -318,10 +334,28 @@ fn resolve_pin(
     };
     let mut places = Vec::new();
 
+    let key = format!("{block}.{}", pin.repo);
+    let in_context = |err: PinningError| PinningError::Pin {
+        file: commits_file.to_path_buf(),
+        key: key.clone(),
+        revision: pin.revision.clone(),
+        message: err.to_string(),
+    };
+
     // 1. The local clone, if there is one.
     if let Some(path) = &source.path {
+        if !path.is_dir() && source.url.is_none() {
+            return Err(in_context(PinningError::NotFound {
+                repo: pin.repo.clone(),
+                looked: format!(
+                    "`{}` ({}), which is not a folder",
+                    path.display(),
+                    source.found_by
+                ),
+            }));
+        }
         if path.is_dir() {
-            if let Some(hit) = git::resolve(path, &pin.revision)? {
+            if let Some(hit) = git::resolve(path, &pin.revision).map_err(in_context)? {
                 return Ok(found(path, format!("`{}`", path.display()), hit));
             }
         }
@@ -338,19 +372,30 @@ fn resolve_pin(
         let mirror = mirror_path(settings, &pin.repo, &url);
         let place = format!("`{url}` (mirror `{}`)", mirror.display());
         if mirror.is_dir() && pin.revision.len() == 40 {
-            if let Some(hit @ (_, RevisionKind::Commit)) = git::resolve(&mirror, &pin.revision)? {
+            if let Some(hit @ (_, RevisionKind::Commit)) =
+                git::resolve(&mirror, &pin.revision).map_err(in_context)?
+            {
                 return Ok(found(&mirror, place, hit));
             }
         }
-        git::fetch_mirror(&mirror, &url, settings.lock_timeout)?;
-        if let Some(hit) = git::resolve(&mirror, &pin.revision)? {
+        git::fetch_mirror(&mirror, &url, settings.lock_timeout).map_err(|e| {
+            in_context(PinningError::Git {
+                repo: mirror.clone(),
+                message: if places.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("not in {}; {e}", places.join(" or "))
+                },
+            })
+        })?;
+        if let Some(hit) = git::resolve(&mirror, &pin.revision).map_err(in_context)? {
             return Ok(found(&mirror, place, hit));
         }
         places.push(format!("its remote `{url}`"));
     }
     Err(PinningError::Unresolved {
         file: commits_file.to_path_buf(),
-        key: format!("{block}.{}", pin.repo),
+        key,
         revision: pin.revision.clone(),
         places: if places.is_empty() {
             "any repository".to_string()
@@ -360,7 +405,7 @@ fn resolve_pin(
     })
 }
 
-fn short_digest(text: &str, len: usize) -> String {
+pub(crate) fn short_digest(text: &str, len: usize) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))[..len].to_string()
 }
 
@@ -389,8 +434,9 @@ pub fn checkout(resolved: &Resolved, settings: &Settings) -> Result<(PathBuf, bo
     if dest.is_dir() {
         return Ok((dest, true));
     }
+    // Holding the lock, no one else exports this commit: leftovers of killed exports go.
+    remove_leftovers(&folder, &format!(".tmp-{}-", resolved.commit));
     let temporary = folder.join(format!(".tmp-{}-{}", resolved.commit, std::process::id()));
-    let _ = std::fs::remove_dir_all(&temporary);
     let oid = git2::Oid::from_str(&resolved.commit).map_err(|e| PinningError::Git {
         repo: resolved.git_dir.clone(),
         message: e.message().to_string(),
@@ -415,6 +461,18 @@ pub fn checkout(resolved: &Resolved, settings: &Settings) -> Result<(PathBuf, bo
         Err(err) => {
             let _ = std::fs::remove_dir_all(&temporary);
             Err(err)
+        }
+    }
+}
+
+/// Remove the entries of `folder` whose names start with `prefix` (best effort).
+pub(crate) fn remove_leftovers(folder: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

@@ -73,7 +73,7 @@ fn working_trees(
                     looked: "a local working tree (the mapping gives only a URL)".into(),
                 })?;
                 entry["path"] = path.display().to_string().into();
-                pinning::git::working_tree_state(&path)
+                pinning::git::working_tree_state(&path, false)
             });
             match state {
                 Ok((head, dirty)) => {
@@ -96,22 +96,23 @@ fn commit_set_key(resolved: &str) -> PyResult<String> {
 }
 
 /// Export the resolved commits and prepare their environment for the interpreter
-/// `python`, which sees the package folders `base_site`: a JSON object `{key, path, python,
-/// cached, seconds, checkouts}`.
+/// `python`, which sees the package folders `base_site` (`identity` describes them, e.g.
+/// versions): a JSON object `{key, path, python, cached, seconds, checkouts}`.
 #[pyfunction]
-#[pyo3(signature = (resolved, python, base_site, recipes_dir, quiet=false))]
+#[pyo3(signature = (resolved, python, base_site, recipes_dir, identity="", quiet=false))]
 fn prepare_environment(
     py: Python<'_>,
     resolved: &str,
     python: PathBuf,
     base_site: Vec<PathBuf>,
     recipes_dir: PathBuf,
+    identity: &str,
     quiet: bool,
 ) -> PyResult<String> {
     let resolved: Vec<Resolved> = serde_json::from_str(resolved).map_err(pinning_error)?;
     let settings = Settings::from_env(&recipes_dir).map_err(pinning_error)?;
     let environment = py
-        .allow_threads(|| env::prepare(&resolved, &python, &base_site, &settings, quiet))
+        .allow_threads(|| env::prepare(&resolved, &python, &base_site, identity, &settings, quiet))
         .map_err(pinning_error)?;
     Ok(serde_json::json!({
         "key": environment.key,
@@ -148,7 +149,7 @@ fn export_commit(py: Python<'_>, repo: PathBuf, revision: &str, dest: PathBuf) -
 /// HEAD and the dirty flag of the git working tree holding `path`; `None` outside git.
 #[pyfunction]
 fn working_tree_state(path: PathBuf) -> Option<(String, bool)> {
-    pinning::git::working_tree_state(&path).ok()
+    pinning::git::working_tree_state(&path, true).ok()
 }
 
 /// Register the pinning functions.

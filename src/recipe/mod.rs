@@ -130,14 +130,35 @@ fn block<'a>(
         )
     })?;
     map.iter()
-        .map(|(repo, rev)| match rev.as_str() {
-            Some(s) => Ok((repo, s.trim())),
-            None => Err(shape(
-                path,
-                &format!("`{name}.{repo}` must be a string, got `{rev}`"),
-            )),
+        .map(|(repo, rev)| {
+            if !is_repo_name(repo) {
+                return Err(shape(
+                    path,
+                    &format!(
+                        "`{name}.{repo}`: a repo name is a folder name (letters, digits, \
+                         `.`, `_`, `-`; not `.` or `..`)"
+                    ),
+                ));
+            }
+            match rev.as_str() {
+                Some(s) => Ok((repo, s.trim())),
+                None => Err(shape(
+                    path,
+                    &format!("`{name}.{repo}` must be a string, got `{rev}`"),
+                )),
+            }
         })
         .collect()
+}
+
+/// Whether `name` can name a repository folder (it becomes a path under the caches).
+pub fn is_repo_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn shape(path: &Path, message: &str) -> RecipeError {
@@ -195,6 +216,15 @@ mod tests {
         let (_dir, path) = write("{\n  \"default\": {\"a\": \"1\",}\n}");
         let err = resolve_commits(&path, "x").unwrap_err().to_string();
         assert!(err.contains("line 2, column"), "{err}");
+    }
+
+    #[test]
+    fn repo_names_cannot_leave_their_folder() {
+        for bad in ["../x", "a/b", "..", ""] {
+            let (_dir, path) = write(&format!(r#"{{"default": {{"{bad}": "1"}}}}"#));
+            let err = resolve_commits(&path, "x").unwrap_err().to_string();
+            assert!(err.contains("a repo name is a folder name"), "{bad}: {err}");
+        }
     }
 
     #[test]
