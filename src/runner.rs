@@ -1,7 +1,7 @@
 //! One worker: check a plan, register it, train every chain stage in order, persist.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value as Json};
 
@@ -11,6 +11,7 @@ use crate::store::{
     ChainStageRow, ConfigKeys, ConfigRow, ConfigTable, Fabrikant, LocalArtifacts, Store,
     StoreError, TrainedRow,
 };
+use crate::train::trained::TrainedModel;
 use crate::train::trainer::{train_stage, StageInput};
 use crate::train::{ModelSpec, TrainerSpec, TrainingError};
 
@@ -565,6 +566,50 @@ fn train_one(
         output: result.output.to_string(),
         weights,
     })
+}
+
+/// Load the trained model whose key is `key`, or the only one whose key starts with it,
+/// from `schema`: its configs from the database and its weights from the artifact store,
+/// checksum verified.
+pub fn load_trained(work_dir: &Path, schema: &str, key: &str) -> Result<TrainedModel, RunError> {
+    let store = Store::open_existing(work_dir, schema)?.ok_or_else(|| {
+        StoreError::NotFound(format!(
+            "schema `{schema}` has no database under `{}`",
+            work_dir.display()
+        ))
+    })?;
+    let mut found = store.find_trained(key)?;
+    let (row, dataset, model) = match found.len() {
+        1 => found.remove(0),
+        0 => {
+            return Err(StoreError::NotFound(format!(
+                "schema `{schema}` has no trained model with key `{key}`"
+            ))
+            .into())
+        }
+        _ => {
+            return Err(StoreError::NotFound(format!(
+                "key `{key}` is ambiguous in schema `{schema}`: give more of it"
+            ))
+            .into())
+        }
+    };
+    let artifacts = LocalArtifacts::new(work_dir.join("artifacts").join(schema));
+    let path = artifacts.fetch(&row.weights.uri, &row.weights.sha256)?;
+    let decode = |text: &str| {
+        Value::decode(text).map_err(|e| {
+            StoreError::NotFound(format!(
+                "the stored config of `{}` is unreadable: {e}",
+                row.key
+            ))
+        })
+    };
+    Ok(TrainedModel::load(
+        &row.key,
+        decode(&model)?,
+        decode(&dataset)?,
+        &path,
+    )?)
 }
 
 fn save_weights(

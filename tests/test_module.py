@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -33,3 +34,11 @@ def test_stubs_match_the_compiled_module():
     proc = subprocess.run([sys.executable, "-m", "mypy.stubtest", "bias_transfer_rs._core"],
                           capture_output=True, text=True, cwd="/")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_wheel_ships_its_stubs_and_marks_itself_typed():
+    import bias_transfer_rs as b
+
+    folder = Path(b.__file__).parent
+    assert (folder / "py.typed").is_file() and (folder / "_core.pyi").is_file()
+    assert "class TrainedModel" in (folder / "_core.pyi").read_text()

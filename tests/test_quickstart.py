@@ -105,10 +105,41 @@ def test_the_pinned_commit_of_this_project_trained_the_models(quickstart):
     work, proc, _ = quickstart
     pinned = json.loads((RECIPES / RECIPE / "__commits.json").read_text())["default"]
     assert " prepared in " in proc.stdout and "running in the pinned environment" in proc.stdout
-    rows = bias_transfer_rs.trained_models(SCHEMA, work)
+    rows = bias_transfer_rs.connect(SCHEMA, work).rows()
     assert len(rows) == 4
     for row in rows:
         p = row["provenance"]
         assert p["mode"] == "pinned"
         assert p["commits"] == {"bias_transfer_rs": pinned["bias_transfer_rs"]}
         assert p["bias_transfer_rs_commit"] == pinned["bias_transfer_rs"]
+
+
+def test_quickstart_frame_has_one_row_per_trained_stage(quickstart):
+    work, _, rows = quickstart
+    pinned = json.loads((RECIPES / RECIPE / "__commits.json").read_text())["default"]
+    frame = bias_transfer_rs.trained_models(SCHEMA, work)
+    assert sorted(zip(frame.chain, frame.stage, frame.comment, strict=True)) == [
+        ("Clean -> Transfer", 0, "Clean"), ("Clean -> Transfer", 1, "Transfer"),
+        ("Noise Augmented -> Transfer", 0, "Noise Augmented"),
+        ("Noise Augmented -> Transfer", 1, "Transfer")]
+    assert {"seed", "key", "parent_key", "score", "test_acc", "dev_acc", "dataset.dataset_cls",
+            "model.cnn_builder", "trainer.noise_std", "trainer.freeze",
+            "commit.bias_transfer_rs", "recipes_commit", "torch"} <= set(frame.columns)
+    for _, row in frame.iterrows():
+        assert row.score == rows[(row.chain, row.stage)]["score"]
+    assert set(frame["commit.bias_transfer_rs"]) == {pinned["bias_transfer_rs"]}
+    assert len(bias_transfer_rs.trained_models(SCHEMA, work,
+                                               commit=pinned["bias_transfer_rs"][:8])) == 4
+    noisy = frame[frame.comment == "Noise Augmented"].iloc[0]
+    assert noisy["trainer.noise_std"][-1] == 0.5
+
+
+def test_example_notebook_plots_the_quickstart(quickstart, tmp_path):
+    from test_notebook import execute_notebook
+
+    work, _, _ = quickstart
+    notebook = execute_notebook(work, SCHEMA, tmp_path / "plots")
+    for name in ("training_curves.png", "noise_robustness.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 5000, name
+    table = notebook.cells[3].outputs[0]["data"]["text/plain"]
+    assert "Noise Augmented" in table and "Transfer" in table

@@ -1,13 +1,12 @@
 """bias_transfer_rs: reproducible bias-transfer experiments on a Rust training core."""
 
-import json
+from __future__ import annotations
+
 import os
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch  # noqa: F401  (loads libtorch before the extension needs it)
 
-from bias_transfer_rs import _core
 from bias_transfer_rs._core import (
     BiasTransferError,
     ConfigError,
@@ -24,7 +23,12 @@ from bias_transfer_rs._core import (
     make_hash,
     resolve_commits,
 )
+from bias_transfer_rs.model import TrainedModel
 from bias_transfer_rs.noise import apply_noise
+from bias_transfer_rs.store import Results, connect
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "BiasTransferError",
@@ -32,27 +36,33 @@ __all__ = [
     "DataError",
     "PinningError",
     "RecipeError",
+    "Results",
     "StoreError",
+    "TrainedModel",
     "TrainingError",
     "__git_commit__",
     "__version__",
     "apply_noise",
     "canonical",
     "config_hash",
+    "connect",
     "decode",
+    "load_model",
     "make_hash",
     "resolve_commits",
     "trained_models",
 ]
 
 
-def trained_models(schema: str,
-                   work_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    """Every trained model of `schema`, one dict per chain stage: `chain`, `stage`, `key`,
-    `parent_key`, `seed`, `comment`, `score`, `weights_uri`, `weights_sha256`,
-    `created_at` and `provenance` (the commits the code came from, the recipes
-    repository's HEAD and dirty flag, the Python, torch and bias_transfer_rs versions).
+def trained_models(schema: str, work_dir: str | os.PathLike[str] | None = None,
+                   **filters: Any) -> pd.DataFrame:
+    """The trained models of `schema` as a DataFrame, one row per chain stage, filtered by
+    any column: `connect(schema, work_dir).trained_models(**filters)`."""
+    return connect(schema, work_dir).trained_models(**filters)
 
-    `work_dir` defaults to `BT_WORK_DIR`, else `work/` in the current directory."""
-    folder = Path(work_dir or os.environ.get("BT_WORK_DIR") or "work").resolve()
-    return json.loads(_core.trained_models(folder, schema))
+
+def load_model(key: str, schema: str,
+               work_dir: str | os.PathLike[str] | None = None) -> TrainedModel:
+    """The trained model of `schema` with `key` (or a unique prefix of it):
+    `connect(schema, work_dir).load_model(key)`."""
+    return connect(schema, work_dir).load_model(key)

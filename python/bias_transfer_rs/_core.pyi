@@ -1,7 +1,7 @@
 """The compiled core of bias_transfer_rs."""
 
 from os import PathLike
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +13,7 @@ __all__ = [
     "PinningError",
     "RecipeError",
     "StoreError",
+    "TrainedModel",
     "TrainingError",
     "__git_commit__",
     "__version__",
@@ -23,6 +24,7 @@ __all__ = [
     "decode",
     "describe_plan",
     "export_commit",
+    "load_trained",
     "make_hash",
     "prepare_environment",
     "resolve_commits",
@@ -86,6 +88,7 @@ def prepare_environment(
     python: str | PathLike[str],
     base_site: list[str | PathLike[str]],
     recipes_dir: str | PathLike[str],
+    identity: str = "",
     quiet: bool = False,
 ) -> str: ...
 def working_tree_state(path: str | PathLike[str]) -> tuple[str, bool] | None: ...
@@ -102,3 +105,26 @@ def apply_noise_array(
 def export_commit(
     repo: str | PathLike[str], revision: str, dest: str | PathLike[str]
 ) -> int: ...
+
+@final
+class TrainedModel:
+    """A trained model on the CPU: `forward` runs it on float32 images."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def model_config(self) -> dict[str, Any]: ...
+    @property
+    def dataset_config(self) -> dict[str, Any]: ...
+    @property
+    def normalization(self) -> tuple[float, float]: ...
+    @property
+    def input_shape(self) -> tuple[int, int, int]: ...
+    def forward(
+        self, x: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+    def state_dict(self) -> list[tuple[str, npt.NDArray[np.float32]]]: ...
+
+def load_trained(
+    work_dir: str | PathLike[str], schema: str, key: str
+) -> TrainedModel: ...

@@ -21,6 +21,7 @@ from bias_transfer_rs.pinning import (
     resolve,
 )
 from bias_transfer_rs.recipe import Recipe, build_plan, find_recipe, load_transfer_experiments
+from bias_transfer_rs.store import default_work_dir
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace, recipes_dir: Path, argv: list[str] | None = No
     pinning, env = _pin(args, recipe)
     if env is not None:
         return reexec(env, argv, recipes_dir)
-    work_dir = Path(os.environ.get("BT_WORK_DIR") or recipes_dir.parent / "work").resolve()
+    work_dir = default_work_dir(recipes_dir)
     data_dir = os.environ.get("BT_DATA_DIR") or None
     print(f"work directory {work_dir}")
 

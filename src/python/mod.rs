@@ -1,5 +1,6 @@
 //! The Python bindings: conversions and exceptions only.
 
+mod model;
 mod noise;
 mod pinning;
 
@@ -317,5 +318,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(trained_models, m)?)?;
     m.add_function(wrap_pyfunction!(noise::apply_noise_array, m)?)?;
     pinning::register(m)?;
+    model::register(m)?;
     Ok(())
 }

@@ -39,6 +39,8 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// Who ran the experiments, from `USER`, `EMAIL`, `AFFILIATION` and `DJ_USER`.
@@ -375,6 +377,43 @@ impl Store {
             .map_err(self.db_err())
     }
 
+    /// The trained models whose key starts with `prefix` (at most two, enough to tell
+    /// whether it is unique), each with its dataset and model configs.
+    pub fn find_trained(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(TrainedRow, String, String)>, StoreError> {
+        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(StoreError::NotFound(format!(
+                "`{prefix}` is not a trained model key: keys are hexadecimal"
+            )));
+        }
+        let rows = self
+            .rt
+            .block_on(
+                sqlx::query(
+                    "SELECT t.*, d.config AS dataset_config, m.config AS model_config \
+                     FROM trained_model t \
+                     JOIN dataset d ON d.fn = t.dataset_fn AND d.hash = t.dataset_hash \
+                     JOIN model m ON m.fn = t.model_fn AND m.hash = t.model_hash \
+                     WHERE t.key LIKE ? ORDER BY t.key LIMIT 2",
+                )
+                .bind(format!("{}%", prefix.to_ascii_lowercase()))
+                .fetch_all(&self.pool),
+            )
+            .map_err(self.db_err())?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    trained_from_row(r)?,
+                    r.try_get("dataset_config")?,
+                    r.try_get("model_config")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(self.db_err())
+    }
+
     /// Insert a trained model row; `false` when a row with its key exists already (another
     /// run finished the same stage first), which is then kept.
     pub fn insert_trained(
@@ -424,9 +463,16 @@ impl Store {
             .block_on(
                 sqlx::query(
                     "SELECT c.chain, c.stage, t.key, t.parent_key, t.seed, t.comment, t.score, \
-                     t.weights_uri, t.weights_sha256, t.provenance, t.created_at \
+                     t.output, t.fabrikant, t.weights_uri, t.weights_sha256, t.weights_size, \
+                     t.provenance, t.created_at, \
+                     t.dataset_fn, t.dataset_hash, d.config AS dataset_config, \
+                     t.model_fn, t.model_hash, m.config AS model_config, \
+                     t.trainer_fn, t.trainer_hash, r.config AS trainer_config \
                      FROM trained_model t LEFT JOIN chain_stage c ON c.key = t.key \
-                     ORDER BY c.chain, c.stage, t.key",
+                     JOIN dataset d ON d.fn = t.dataset_fn AND d.hash = t.dataset_hash \
+                     JOIN model m ON m.fn = t.model_fn AND m.hash = t.model_hash \
+                     JOIN trainer r ON r.fn = t.trainer_fn AND r.hash = t.trainer_hash \
+                     ORDER BY c.chain, c.stage, t.seed, t.key",
                 )
                 .fetch_all(&self.pool),
             )
@@ -434,6 +480,8 @@ impl Store {
         rows.iter()
             .map(|r| -> Result<serde_json::Value, sqlx::Error> {
                 let provenance: String = r.try_get("provenance")?;
+                let output: String = r.try_get("output")?;
+                let text = |column: &str| r.try_get::<String, _>(column);
                 Ok(serde_json::json!({
                     "chain": r.try_get::<Option<String>, _>("chain")?,
                     "stage": r.try_get::<Option<i64>, _>("stage")?,
@@ -444,9 +492,16 @@ impl Store {
                     "score": r.try_get::<f64, _>("score")?,
                     "weights_uri": r.try_get::<String, _>("weights_uri")?,
                     "weights_sha256": r.try_get::<String, _>("weights_sha256")?,
+                    "weights_size": r.try_get::<i64, _>("weights_size")?,
+                    "fabrikant": text("fabrikant")?,
+                    "output": serde_json::from_str::<serde_json::Value>(&output)
+                        .unwrap_or(serde_json::Value::String(output)),
                     "provenance": serde_json::from_str::<serde_json::Value>(&provenance)
                         .unwrap_or(serde_json::Value::String(provenance)),
-                    "created_at": r.try_get::<String, _>("created_at")?,
+                    "created_at": text("created_at")?,
+                    "dataset": [text("dataset_fn")?, text("dataset_hash")?, text("dataset_config")?],
+                    "model": [text("model_fn")?, text("model_hash")?, text("model_config")?],
+                    "trainer": [text("trainer_fn")?, text("trainer_hash")?, text("trainer_config")?],
                 }))
             })
             .collect::<Result<_, _>>()
@@ -542,5 +597,67 @@ mod tests {
         }
         assert!(Store::open_existing(dir.path(), "other").unwrap().is_none());
         assert!(!sqlite_path(dir.path(), "other").exists());
+    }
+
+    #[test]
+    fn trained_models_are_found_by_unique_key_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path(), "s").unwrap();
+        let fab = Fabrikant::from_env();
+        let configs: Vec<_> = [
+            ConfigTable::Dataset,
+            ConfigTable::Model,
+            ConfigTable::Trainer,
+        ]
+        .into_iter()
+        .map(|table| ConfigRow {
+            table,
+            fn_name: "f".into(),
+            hash: "h".into(),
+            legacy_hash: "l".into(),
+            config: "{}".into(),
+            comment: "".into(),
+        })
+        .collect();
+        store.register(&fab, &[1], &configs, &[]).unwrap();
+        let keys = ConfigKeys {
+            dataset: ("f".into(), "h".into()),
+            model: ("f".into(), "h".into()),
+            trainer: ("f".into(), "h".into()),
+            seed: 1,
+        };
+        for key in ["ab12", "ab34"] {
+            let row = TrainedRow {
+                key: key.into(),
+                stage: keys.clone(),
+                parent_key: None,
+                comment: "c".into(),
+                score: 1.0,
+                output: "[]".into(),
+                weights: ArtifactRef {
+                    uri: "local:x".into(),
+                    sha256: "0".into(),
+                    size: 0,
+                },
+            };
+            assert!(store.insert_trained(&row, &fab, "{}").unwrap());
+        }
+        let found = |prefix: &str| -> Vec<String> {
+            store
+                .find_trained(prefix)
+                .unwrap()
+                .into_iter()
+                .map(|(row, dataset, model)| {
+                    assert_eq!((dataset.as_str(), model.as_str()), ("{}", "{}"));
+                    row.key
+                })
+                .collect()
+        };
+        assert_eq!(found("AB3"), ["ab34"]);
+        assert_eq!(found("ab"), ["ab12", "ab34"]);
+        assert!(found("abc").is_empty());
+        for bad in ["", "ab%", "a_"] {
+            assert!(store.find_trained(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The training core: models, the options of model and trainer configs, and the trainer.
 
 pub mod model;
+pub mod trained;
 pub mod trainer;
 
 use crate::config::{ConfigError, Options, Value};

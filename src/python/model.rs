@@ -1,0 +1,144 @@
+//! Bindings of a trained model loaded for inference.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use numpy::ndarray::{Array2, ArrayD, IxDyn};
+use numpy::{IntoPyArray, PyArray2, PyArrayDyn, PyReadonlyArray4, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use super::{run_error, to_python, TrainingError};
+use crate::train::trained::TrainedModel as CoreModel;
+
+/// A trained model on the CPU: `forward` runs it on float32 images.
+#[pyclass(module = "bias_transfer_rs._core", name = "TrainedModel", frozen)]
+pub struct TrainedModel(Mutex<CoreModel>);
+
+impl TrainedModel {
+    /// The model; libtorch tensors may move between threads but not be shared, so calls
+    /// from several Python threads take turns.
+    fn model(&self) -> MutexGuard<'_, CoreModel> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn training_error(e: crate::train::TrainingError) -> PyErr {
+    TrainingError::new_err(e.to_string())
+}
+
+#[pymethods]
+impl TrainedModel {
+    /// The trained model's key.
+    #[getter]
+    fn key(&self) -> String {
+        self.model().key.clone()
+    }
+
+    /// The stored model config.
+    #[getter]
+    fn model_config(&self, py: Python<'_>) -> PyResult<PyObject> {
+        to_python(py, &self.model().model_config, false)
+    }
+
+    /// The stored dataset config.
+    #[getter]
+    fn dataset_config(&self, py: Python<'_>) -> PyResult<PyObject> {
+        to_python(py, &self.model().dataset_config, false)
+    }
+
+    /// `(mean, std)` applied to pixels in [0, 1] before the model saw them in training.
+    #[getter]
+    fn normalization(&self) -> (f32, f32) {
+        let norm = self.model().normalization;
+        (norm.mean, norm.std)
+    }
+
+    /// The shape of one input image: `(channels, height, width)`.
+    #[getter]
+    fn input_shape(&self) -> (i64, i64, i64) {
+        let [c, h, w] = self.model().input_shape();
+        (c, h, w)
+    }
+
+    /// Run the model on a C-contiguous float32 batch `[N, C, H, W]`; returns the logits
+    /// `[N, classes]` and the flattened core representation `[N, width]`.
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray4<'py, f32>,
+    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>)> {
+        let shape = x.shape().to_vec();
+        let (c, h, w) = self.input_shape();
+        if shape[1..] != [c as usize, h as usize, w as usize] {
+            return Err(TrainingError::new_err(format!(
+                "input of shape {shape:?} does not fit: the model takes [N, {c}, {h}, {w}]"
+            )));
+        }
+        let values = x.as_slice()?;
+        let batch = shape[0];
+        let out = py
+            .allow_threads(|| {
+                let model = self.model();
+                model
+                    .forward(values, batch as i64)
+                    .map(|out| (out, model.spec.num_classes as usize))
+            })
+            .map_err(training_error)?;
+        let (out, classes) = out;
+        let width = if batch == 0 {
+            0
+        } else {
+            out.core_width as usize
+        };
+        let as_array = |rows: usize, cols: usize, v: Vec<f32>| {
+            Array2::from_shape_vec((rows, cols), v)
+                .map_err(|e| TrainingError::new_err(e.to_string()))
+        };
+        Ok((
+            as_array(batch, classes, out.logits)?.into_pyarray(py),
+            as_array(batch, width, out.core)?.into_pyarray(py),
+        ))
+    }
+
+    /// Every parameter by its PyTorch name, in name order, as float32 arrays.
+    fn state_dict<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Vec<(String, Bound<'py, PyArrayDyn<f32>>)>> {
+        let params = self.model().state_dict().map_err(training_error)?;
+        params
+            .into_iter()
+            .map(|(name, shape, values)| {
+                let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                let array = ArrayD::from_shape_vec(IxDyn(&shape), values)
+                    .map_err(|e| TrainingError::new_err(e.to_string()))?;
+                Ok((name, array.into_pyarray(py)))
+            })
+            .collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("TrainedModel(key={:?})", self.model().key)
+    }
+}
+
+/// Load a trained model of `schema` by its key (or a unique prefix of it).
+#[pyfunction]
+fn load_trained(
+    py: Python<'_>,
+    work_dir: PathBuf,
+    schema: &str,
+    key: &str,
+) -> PyResult<TrainedModel> {
+    py.allow_threads(|| crate::runner::load_trained(&work_dir, schema, key))
+        .map(|model| TrainedModel(Mutex::new(model)))
+        .map_err(run_error)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<TrainedModel>()?;
+    m.add_function(wrap_pyfunction!(load_trained, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! A trained model loaded for inference: its stored configs, its architecture and its
+//! weights, checked against each other.
+
+use std::path::Path;
+
+use tch::{nn, Device, Kind, Tensor};
+
+use super::model::SmallCnn;
+use super::{ModelSpec, TrainingError};
+use crate::config::Value;
+use crate::data::{DatasetSpec, Normalization};
+
+/// One trained model, on the CPU, ready to run.
+#[derive(Debug)]
+pub struct TrainedModel {
+    pub key: String,
+    pub model_config: Value,
+    pub dataset_config: Value,
+    pub spec: ModelSpec,
+    /// What the data pipeline applied to pixels in [0, 1] before the model saw them.
+    pub normalization: Normalization,
+    vs: nn::VarStore,
+    net: SmallCnn,
+}
+
+/// Named outputs of a forward pass, flattened row-major, with their widths.
+pub struct Forward {
+    pub logits: Vec<f32>,
+    pub core: Vec<f32>,
+    pub core_width: i64,
+}
+
+impl TrainedModel {
+    /// Build the architecture of `model_config` and load `weights` (a safetensors file)
+    /// into it; every parameter must be present with its shape.
+    pub fn load(
+        key: &str,
+        model_config: Value,
+        dataset_config: Value,
+        weights: &Path,
+    ) -> Result<TrainedModel, TrainingError> {
+        let spec = ModelSpec::from_config(&model_config)?;
+        let normalization = DatasetSpec::from_config(&dataset_config)?.normalization();
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let net = SmallCnn::new(&vs.root(), &spec);
+        vs.load(weights).map_err(|e| TrainingError::Weights {
+            path: weights.display().to_string(),
+            reason: e.to_string().lines().next().unwrap_or_default().to_string(),
+        })?;
+        Ok(TrainedModel {
+            key: key.to_string(),
+            model_config,
+            dataset_config,
+            spec,
+            normalization,
+            vs,
+            net,
+        })
+    }
+
+    /// The shape of one input image: `[channels, height, width]`.
+    pub fn input_shape(&self) -> [i64; 3] {
+        [1, self.spec.input_size, self.spec.input_size]
+    }
+
+    /// Run the model on `batch` images laid out `[batch, channels, height, width]`.
+    pub fn forward(&self, input: &[f32], batch: i64) -> Result<Forward, TrainingError> {
+        let [c, h, w] = self.input_shape();
+        if input.len() as i64 != batch * c * h * w {
+            return Err(TrainingError::Model(format!(
+                "an input of {} values is not {batch} images of [{c}, {h}, {w}]",
+                input.len()
+            )));
+        }
+        if batch == 0 {
+            return Ok(Forward {
+                logits: Vec::new(),
+                core: Vec::new(),
+                core_width: 0,
+            });
+        }
+        let xs = Tensor::from_slice(input).view([batch, c, h, w]);
+        let out = tch::no_grad(|| self.net.forward(&xs));
+        let core_width = out.core.size()[1];
+        Ok(Forward {
+            logits: to_vec(&out.logits)?,
+            core: to_vec(&out.core)?,
+            core_width,
+        })
+    }
+
+    /// Every parameter by its PyTorch name, in name order: shape and values.
+    pub fn state_dict(&self) -> Result<Vec<(String, Vec<i64>, Vec<f32>)>, TrainingError> {
+        let mut vars = self.vs.variables().into_iter().collect::<Vec<_>>();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.into_iter()
+            .map(|(name, t)| Ok((name, t.size(), to_vec(&t)?)))
+            .collect()
+    }
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>, TrainingError> {
+    let flat = t.detach().to_kind(Kind::Float).contiguous().view([-1]);
+    Ok(Vec::<f32>::try_from(&flat)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs() -> (Value, Value) {
+        let model = Value::dict([
+            ("cnn_builder", Value::Str("cnn".into())),
+            ("num_classes", Value::Int(10)),
+            ("input_size", Value::Int(28)),
+        ]);
+        let dataset = Value::dict([
+            ("dataset_cls", Value::Str("FashionMNIST".into())),
+            ("input_size", Value::Int(28)),
+            ("apply_data_augmentation", Value::Bool(false)),
+        ]);
+        (model, dataset)
+    }
+
+    #[test]
+    fn saved_weights_load_and_run_with_checked_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, dataset) = configs();
+        let spec = ModelSpec::from_config(&model).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _net = SmallCnn::new(&vs.root(), &spec);
+        let path = dir.path().join("w.safetensors");
+        vs.save(&path).unwrap();
+
+        let trained = TrainedModel::load("k", model.clone(), dataset.clone(), &path).unwrap();
+        let out = trained.forward(&vec![0.5; 2 * 28 * 28], 2).unwrap();
+        assert_eq!((out.logits.len(), out.core_width), (20, 64 * 7 * 7));
+        let names: Vec<_> = trained
+            .state_dict()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.0)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "core.conv1.bias",
+                "core.conv1.weight",
+                "core.conv2.bias",
+                "core.conv2.weight",
+                "readout.bias",
+                "readout.weight"
+            ]
+        );
+        let err = trained.forward(&[0.0; 10], 1).err().unwrap().to_string();
+        assert!(err.contains("is not 1 images of [1, 28, 28]"), "{err}");
+
+        std::fs::write(&path, b"not a checkpoint").unwrap();
+        let err = TrainedModel::load("k", model, dataset, &path)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("weights `"), "{err}");
+    }
+}
