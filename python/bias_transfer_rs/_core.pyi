@@ -21,6 +21,7 @@ __all__ = [
     "canonical",
     "commit_set_key",
     "config_hash",
+    "database",
     "decode",
     "describe_plan",
     "export_commit",
@@ -69,6 +70,7 @@ def run_plan(
     provenance: str | None = None,
 ) -> str: ...
 def validate_schema(schema: str) -> None: ...
+def database(work_dir: str | PathLike[str], schema: str) -> str: ...
 def trained_models(work_dir: str | PathLike[str], schema: str) -> str: ...
 def resolve_pins(
     commits_file: str | PathLike[str],

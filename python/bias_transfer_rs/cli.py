@@ -146,6 +146,7 @@ def run(args: argparse.Namespace, recipes_dir: Path, argv: list[str] | None = No
     work_dir = default_work_dir(recipes_dir)
     data_dir = os.environ.get("BT_DATA_DIR") or None
     print(f"work directory {work_dir}")
+    print(f"database {_core.database(work_dir, schema)}")
 
     # 2. Import the experiments and build the plan (the recipes repository's state is taken
     #    first: importing writes `__pycache__` folders into it).

@@ -274,6 +274,14 @@ fn trained_models(py: Python<'_>, work_dir: PathBuf, schema: &str) -> PyResult<S
     Ok(serde_json::Value::Array(rows.map_err(store_err)?).to_string())
 }
 
+/// Where the database of `schema` is, as `DATABASE_URL` (or `DJ_HOST`) selects it: the
+/// SQLite file under `work_dir` by default; a server's address holds no password.
+#[pyfunction]
+fn database(work_dir: PathBuf, schema: &str) -> PyResult<String> {
+    crate::store::describe_database(&work_dir, schema)
+        .map_err(|e| StoreError::new_err(e.to_string()))
+}
+
 /// Check a schema name; raises `StoreError` when it is not a valid identifier.
 #[pyfunction]
 fn validate_schema(schema: &str) -> PyResult<()> {
@@ -315,6 +323,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(describe_plan, m)?)?;
     m.add_function(wrap_pyfunction!(run_plan, m)?)?;
     m.add_function(wrap_pyfunction!(validate_schema, m)?)?;
+    m.add_function(wrap_pyfunction!(database, m)?)?;
     m.add_function(wrap_pyfunction!(trained_models, m)?)?;
     m.add_function(wrap_pyfunction!(noise::apply_noise_array, m)?)?;
     pinning::register(m)?;

@@ -24,6 +24,9 @@ impl TrainedModel {
     }
 }
 
+/// A batch's logits and core representation.
+type Outputs<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>);
+
 fn training_error(e: crate::train::TrainingError) -> PyErr {
     TrainingError::new_err(e.to_string())
 }
@@ -68,7 +71,7 @@ impl TrainedModel {
         &self,
         py: Python<'py>,
         x: PyReadonlyArray4<'py, f32>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>)> {
+    ) -> PyResult<Outputs<'py>> {
         let shape = x.shape().to_vec();
         let (c, h, w) = self.input_shape();
         if shape[1..] != [c as usize, h as usize, w as usize] {

@@ -2,14 +2,15 @@
 //! artifact store.
 
 pub mod artifacts;
+pub mod backend;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 
 pub use artifacts::{ArtifactRef, LocalArtifacts};
+use backend::Pool;
+pub use backend::{Backend, Target};
 
 /// Errors of the database or the artifact store.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,21 @@ pub enum StoreError {
     Runtime(std::io::Error),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot connect to the database `{target}`{}: {reason}", from_setting(.setting))]
+    Connect {
+        target: String,
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+fn from_setting(source: &str) -> String {
+    match source {
+        "" => String::new(),
+        s => format!(" (from `{s}`)"),
+    }
 }
 
 /// Who ran the experiments, from `USER`, `EMAIL`, `AFFILIATION` and `DJ_USER`.
@@ -129,61 +145,62 @@ pub struct ConfigKeys {
 }
 
 /// Versioned schema changes, applied in order and recorded in `bt_migrations`; a released
-/// migration is never edited, a change is a new entry.
-const MIGRATIONS: &[(i64, &str)] = &[
+/// migration is never edited, a change is a new entry. The type words in braces are each
+/// backend's ([`backend::dialect`]); `"key"` is quoted because MySQL reserves the word.
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
         "CREATE TABLE fabrikant (
-        name TEXT PRIMARY KEY,
-        email TEXT NOT NULL,
-        affiliation TEXT NOT NULL,
-        db_user TEXT NOT NULL,
-        created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+        name {id} PRIMARY KEY,
+        email {text} NOT NULL,
+        affiliation {text} NOT NULL,
+        db_user {text} NOT NULL,
+        created_at {now}
     );
-    CREATE TABLE seed (seed INTEGER PRIMARY KEY);
+    CREATE TABLE seed (seed {int} PRIMARY KEY);
     CREATE TABLE dataset (
-        fn TEXT NOT NULL, hash TEXT NOT NULL, config TEXT NOT NULL, comment TEXT NOT NULL,
-        fabrikant TEXT NOT NULL REFERENCES fabrikant(name),
-        created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (fn, hash)
+        fn {id} NOT NULL, hash {id} NOT NULL, config {text} NOT NULL, comment {text} NOT NULL,
+        fabrikant {id} NOT NULL REFERENCES fabrikant(name),
+        created_at {now}, PRIMARY KEY (fn, hash)
     );
     CREATE TABLE model (
-        fn TEXT NOT NULL, hash TEXT NOT NULL, config TEXT NOT NULL, comment TEXT NOT NULL,
-        fabrikant TEXT NOT NULL REFERENCES fabrikant(name),
-        created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (fn, hash)
+        fn {id} NOT NULL, hash {id} NOT NULL, config {text} NOT NULL, comment {text} NOT NULL,
+        fabrikant {id} NOT NULL REFERENCES fabrikant(name),
+        created_at {now}, PRIMARY KEY (fn, hash)
     );
     CREATE TABLE trainer (
-        fn TEXT NOT NULL, hash TEXT NOT NULL, config TEXT NOT NULL, comment TEXT NOT NULL,
-        fabrikant TEXT NOT NULL REFERENCES fabrikant(name),
-        created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (fn, hash)
+        fn {id} NOT NULL, hash {id} NOT NULL, config {text} NOT NULL, comment {text} NOT NULL,
+        fabrikant {id} NOT NULL REFERENCES fabrikant(name),
+        created_at {now}, PRIMARY KEY (fn, hash)
     );
     CREATE TABLE trained_model (
-        key TEXT PRIMARY KEY,
-        dataset_fn TEXT NOT NULL, dataset_hash TEXT NOT NULL,
-        model_fn TEXT NOT NULL, model_hash TEXT NOT NULL,
-        trainer_fn TEXT NOT NULL, trainer_hash TEXT NOT NULL,
-        seed INTEGER NOT NULL REFERENCES seed(seed),
-        parent_key TEXT REFERENCES trained_model(key),
-        comment TEXT NOT NULL,
-        score REAL NOT NULL,
-        output TEXT NOT NULL,
-        fabrikant TEXT NOT NULL REFERENCES fabrikant(name),
-        weights_uri TEXT NOT NULL, weights_sha256 TEXT NOT NULL, weights_size INTEGER NOT NULL,
-        created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        \"key\" {id} PRIMARY KEY,
+        dataset_fn {id} NOT NULL, dataset_hash {id} NOT NULL,
+        model_fn {id} NOT NULL, model_hash {id} NOT NULL,
+        trainer_fn {id} NOT NULL, trainer_hash {id} NOT NULL,
+        seed {int} NOT NULL REFERENCES seed(seed),
+        parent_key {id} REFERENCES trained_model(\"key\"),
+        comment {text} NOT NULL,
+        score {float} NOT NULL,
+        output {text} NOT NULL,
+        fabrikant {id} NOT NULL REFERENCES fabrikant(name),
+        weights_uri {text} NOT NULL, weights_sha256 {text} NOT NULL, weights_size {int} NOT NULL,
+        created_at {now},
         FOREIGN KEY (dataset_fn, dataset_hash) REFERENCES dataset(fn, hash),
         FOREIGN KEY (model_fn, model_hash) REFERENCES model(fn, hash),
         FOREIGN KEY (trainer_fn, trainer_hash) REFERENCES trainer(fn, hash)
     );
     CREATE TABLE chain_stage (
-        chain TEXT NOT NULL, seed INTEGER NOT NULL, stage INTEGER NOT NULL, key TEXT NOT NULL,
+        chain {id} NOT NULL, seed {int} NOT NULL, stage {int} NOT NULL, \"key\" {id} NOT NULL,
         PRIMARY KEY (chain, seed, stage)
     );",
     ),
     (
         2,
-        "ALTER TABLE dataset ADD COLUMN legacy_hash TEXT NOT NULL DEFAULT '';
-    ALTER TABLE model ADD COLUMN legacy_hash TEXT NOT NULL DEFAULT '';
-    ALTER TABLE trainer ADD COLUMN legacy_hash TEXT NOT NULL DEFAULT '';
-    ALTER TABLE trained_model ADD COLUMN provenance TEXT NOT NULL DEFAULT '{}';",
+        "ALTER TABLE dataset ADD COLUMN legacy_hash {text} NOT NULL DEFAULT '';
+    ALTER TABLE model ADD COLUMN legacy_hash {text} NOT NULL DEFAULT '';
+    ALTER TABLE trainer ADD COLUMN legacy_hash {text} NOT NULL DEFAULT '';
+    ALTER TABLE trained_model ADD COLUMN provenance {text} NOT NULL DEFAULT '{}';",
     ),
 ];
 
@@ -200,6 +217,27 @@ pub fn validate_schema(schema: &str) -> Result<(), StoreError> {
     }
 }
 
+/// The error for a schema that has no database yet, naming where it was looked for.
+pub fn missing_schema(work_dir: &Path, schema: &str) -> StoreError {
+    match Target::from_env() {
+        Ok(target) if target.server.is_some() => StoreError::NotFound(format!(
+            "schema `{schema}` does not exist on `{}`",
+            target.display
+        )),
+        Ok(_) => StoreError::NotFound(format!(
+            "schema `{schema}` has no database under `{}`",
+            work_dir.display()
+        )),
+        Err(e) => e,
+    }
+}
+
+/// Where the database of `schema` is: a SQLite file, or a server's schema (no password).
+pub fn describe_database(work_dir: &Path, schema: &str) -> Result<String, StoreError> {
+    validate_schema(schema)?;
+    Ok(Target::from_env()?.describe(work_dir, schema))
+}
+
 /// The SQLite file of a schema under the work directory.
 pub fn sqlite_path(work_dir: &Path, schema: &str) -> PathBuf {
     work_dir.join("db").join(format!("{schema}.sqlite"))
@@ -208,65 +246,167 @@ pub fn sqlite_path(work_dir: &Path, schema: &str) -> PathBuf {
 /// A database connection with its own small runtime.
 pub struct Store {
     rt: tokio::runtime::Runtime,
-    pool: SqlitePool,
+    pool: Pool,
+    backend: Backend,
     target: String,
 }
 
+/// Run `$body` (an async block using `$pool`, the backend's own pool type) on the store's
+/// runtime, whichever backend it has; sqlx errors become [`StoreError::Database`].
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {{
+        let result = match &$store.pool {
+            Pool::Sqlite($pool) => $store.rt.block_on($body),
+            Pool::Postgres($pool) => $store.rt.block_on($body),
+            Pool::MySql($pool) => $store.rt.block_on($body),
+        };
+        result.map_err($store.db_err())
+    }};
+}
+
+/// The column types read here, on the rows of every backend.
+trait Columns {
+    fn text(&self, column: &str) -> Result<String, sqlx::Error>;
+    fn maybe_text(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
+    fn maybe_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn float(&self, column: &str) -> Result<f64, sqlx::Error>;
+}
+
+/// `Columns` for a row type whose optional text is read by `$maybe_text(row, column)`.
+macro_rules! impl_columns {
+    ($row:ty, $maybe_text:expr) => {
+        impl Columns for $row {
+            fn text(&self, column: &str) -> Result<String, sqlx::Error> {
+                self.maybe_text(column)?
+                    .ok_or_else(|| decode_error(column, "unexpected NULL".into()))
+            }
+            fn maybe_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+                $maybe_text(self, column)
+            }
+            fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn maybe_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn float(&self, column: &str) -> Result<f64, sqlx::Error> {
+                self.try_get(column)
+            }
+        }
+    };
+}
+
+fn decode_error(column: &str, source: Box<dyn std::error::Error + Send + Sync>) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source,
+    }
+}
+
+impl_columns!(
+    sqlx::sqlite::SqliteRow,
+    |r: &sqlx::sqlite::SqliteRow, c: &str| r.try_get(c)
+);
+impl_columns!(
+    sqlx::postgres::PgRow,
+    |r: &sqlx::postgres::PgRow, c: &str| r.try_get(c)
+);
+// MySQL reports text in the case-sensitive `utf8mb4_bin` collation as binary: it is read as
+// bytes and checked to be UTF-8.
+impl_columns!(
+    sqlx::mysql::MySqlRow,
+    |r: &sqlx::mysql::MySqlRow, c: &str| {
+        let bytes: Option<Vec<u8>> = r.try_get(c)?;
+        bytes
+            .map(String::from_utf8)
+            .transpose()
+            .map_err(|e| decode_error(c, Box::new(e)))
+    }
+);
+
 impl Store {
-    /// Open (creating if needed) the SQLite file of `schema` and bring it up to date.
-    pub fn open_sqlite(work_dir: &Path, schema: &str) -> Result<Store, StoreError> {
-        validate_schema(schema)?;
-        let path = sqlite_path(work_dir, schema);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::Artifact {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        let store = Self::connect(&path, true)?;
-        store.migrate()?;
-        Ok(store)
+    /// Open (creating if needed) the database of `schema` on the target the environment
+    /// names (SQLite under `work_dir` by default) and bring it up to date.
+    pub fn open(work_dir: &Path, schema: &str) -> Result<Store, StoreError> {
+        Self::open_at(&Target::from_env()?, work_dir, schema, true)?
+            .ok_or_else(|| StoreError::NotFound(format!("schema `{schema}` was not created")))
     }
 
-    /// Open the SQLite file of `schema` only if it exists; never creates anything.
+    /// Open the database of `schema` only if it exists; never creates anything.
     pub fn open_existing(work_dir: &Path, schema: &str) -> Result<Option<Store>, StoreError> {
-        validate_schema(schema)?;
-        let path = sqlite_path(work_dir, schema);
-        if !path.is_file() {
-            return Ok(None);
-        }
-        Self::connect(&path, false).map(Some)
+        Self::open_at(&Target::from_env()?, work_dir, schema, false)
     }
 
-    fn connect(path: &Path, create: bool) -> Result<Store, StoreError> {
-        let target = path.display().to_string();
+    /// Open (creating if needed) the SQLite file of `schema` under `work_dir`.
+    pub fn open_sqlite(work_dir: &Path, schema: &str) -> Result<Store, StoreError> {
+        Self::open_at(&Target::sqlite(), work_dir, schema, true)?
+            .ok_or_else(|| StoreError::NotFound(format!("schema `{schema}` was not created")))
+    }
+
+    /// Open the database of `schema` on `target`: created and migrated when `create`, else
+    /// `None` when it does not exist.
+    pub fn open_at(
+        target: &Target,
+        work_dir: &Path,
+        schema: &str,
+        create: bool,
+    ) -> Result<Option<Store>, StoreError> {
+        validate_schema(schema)?;
+        let described = target.describe(work_dir, schema);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(StoreError::Runtime)?;
         let db = |source| StoreError::Database {
-            target: target.clone(),
+            target: described.clone(),
             source,
         };
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(db)?
-            .filename(path)
-            .create_if_missing(create)
-            .foreign_keys(true);
-        // Describing a plan only reads: open read-only, so a read-only work directory works.
-        let options = if create {
-            options.journal_mode(SqliteJournalMode::Wal)
-        } else {
-            options.read_only(true)
+        let pool = match &target.server {
+            None => {
+                let path = sqlite_path(work_dir, schema);
+                if !create && !path.is_file() {
+                    return Ok(None);
+                }
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|source| StoreError::Artifact {
+                        path: parent.to_path_buf(),
+                        source,
+                    })?;
+                }
+                rt.block_on(backend::sqlite(&path, create)).map_err(db)?
+            }
+            Some(server) => {
+                let connect = async {
+                    if !create && !backend::server_has_schema(server, schema).await? {
+                        return Ok(None);
+                    }
+                    backend::server(server, schema, create).await.map(Some)
+                };
+                match rt
+                    .block_on(connect)
+                    .map_err(|e| connect_error(target, &described, e))?
+                {
+                    Some(pool) => pool,
+                    None => return Ok(None),
+                }
+            }
         };
-        let pool = rt
-            .block_on(
-                SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(options),
-            )
-            .map_err(db)?;
-        Ok(Store { rt, pool, target })
+        let store = Store {
+            rt,
+            pool,
+            backend: target.backend(),
+            target: described,
+        };
+        if create && store.backend == Backend::Sqlite {
+            store.migrate_sqlite()?;
+        }
+        Ok(Some(store))
+    }
+
+    /// The backend this store talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     fn db_err(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
@@ -276,31 +416,27 @@ impl Store {
         }
     }
 
-    fn migrate(&self) -> Result<(), StoreError> {
-        self.rt
-            .block_on(async {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "CREATE TABLE IF NOT EXISTS bt_migrations (version INTEGER PRIMARY KEY, \
-                 applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
-                )
-                .execute(&mut *tx)
-                .await?;
-                let current: i64 =
-                    sqlx::query("SELECT COALESCE(MAX(version), 0) FROM bt_migrations")
-                        .fetch_one(&mut *tx)
-                        .await?
-                        .try_get(0)?;
-                for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-                    sqlx::raw_sql(sql).execute(&mut *tx).await?;
-                    sqlx::query("INSERT INTO bt_migrations (version) VALUES (?)")
-                        .bind(version)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await
-            })
-            .map_err(self.db_err())
+    /// A query written with `?` placeholders, in this backend's spelling.
+    fn sql(&self, text: &str) -> String {
+        backend::placeholders(text, self.backend)
+    }
+
+    fn migrate_sqlite(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            backend::migrate!(tx, Backend::Sqlite).await?;
+            tx.commit().await
+        })
+    }
+
+    /// The newest migration applied to this schema.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        on_pool!(self, pool => async {
+            sqlx::query("SELECT COALESCE(MAX(version), 0) FROM bt_migrations")
+                .fetch_one(pool)
+                .await?
+                .try_get::<i64, _>(0)
+        })
     }
 
     /// Insert the fabrikant, seeds, configs and chain stages of a plan in one transaction;
@@ -312,31 +448,51 @@ impl Store {
         configs: &[ConfigRow],
         chains: &[ChainStageRow],
     ) -> Result<(), StoreError> {
-        self.rt.block_on(async {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query(
-                "INSERT OR IGNORE INTO fabrikant (name, email, affiliation, db_user) \
-                 VALUES (?, ?, ?, ?)",
-            )
-            .bind(&fabrikant.name)
-            .bind(&fabrikant.email)
-            .bind(&fabrikant.affiliation)
-            .bind(&fabrikant.db_user)
-            .execute(&mut *tx)
-            .await?;
+        let b = self.backend;
+        let fabrikant_sql = self.sql(&backend::insert_or_keep(
+            b,
+            "fabrikant",
+            &["name", "email", "affiliation", "db_user"],
+            &["name"],
+        ));
+        let seed_sql = self.sql(&backend::insert_or_keep(b, "seed", &["seed"], &["seed"]));
+        let config_sql = |table: ConfigTable| {
+            self.sql(&backend::insert_or_keep(
+                b,
+                table.name(),
+                &[
+                    "fn",
+                    "hash",
+                    "legacy_hash",
+                    "config",
+                    "comment",
+                    "fabrikant",
+                ],
+                &["fn", "hash"],
+            ))
+        };
+        let config_sql: Vec<String> = configs.iter().map(|row| config_sql(row.table)).collect();
+        let chain_sql = self.sql(&backend::insert_or_update(
+            b,
+            "chain_stage",
+            &["chain", "seed", "stage", "\"key\""],
+            &["chain", "seed", "stage"],
+            &["\"key\""],
+        ));
+        on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&fabrikant_sql)
+                .bind(&fabrikant.name)
+                .bind(&fabrikant.email)
+                .bind(&fabrikant.affiliation)
+                .bind(&fabrikant.db_user)
+                .execute(&mut *tx)
+                .await?;
             for seed in seeds {
-                sqlx::query("INSERT OR IGNORE INTO seed (seed) VALUES (?)")
-                    .bind(seed)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(&seed_sql).bind(seed).execute(&mut *tx).await?;
             }
-            for row in configs {
-                let sql = format!(
-                    "INSERT OR IGNORE INTO {} (fn, hash, legacy_hash, config, comment, \
-                     fabrikant) VALUES (?, ?, ?, ?, ?, ?)",
-                    row.table.name()
-                );
-                sqlx::query(&sql)
+            for (row, sql) in configs.iter().zip(&config_sql) {
+                sqlx::query(sql)
                     .bind(&row.fn_name)
                     .bind(&row.hash)
                     .bind(&row.legacy_hash)
@@ -347,34 +503,42 @@ impl Store {
                     .await?;
             }
             for row in chains {
-                sqlx::query(
-                    "INSERT OR REPLACE INTO chain_stage (chain, seed, stage, key) VALUES (?, ?, ?, ?)",
-                )
-                .bind(&row.chain)
-                .bind(row.seed)
-                .bind(row.stage)
-                .bind(&row.key)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(&chain_sql)
+                    .bind(&row.chain)
+                    .bind(row.seed)
+                    .bind(row.stage)
+                    .bind(&row.key)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await
         })
-        .map_err(self.db_err())
+    }
+
+    /// The stored config of `(fn, hash)` in `table` and its legacy hash, if present.
+    pub fn config(
+        &self,
+        table: ConfigTable,
+        fn_name: &str,
+        hash: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let sql = self.sql(&format!(
+            "SELECT config, legacy_hash FROM {} WHERE fn = ? AND hash = ?",
+            table.name()
+        ));
+        on_pool!(self, pool => async {
+            let row = sqlx::query(&sql).bind(fn_name).bind(hash).fetch_optional(pool).await?;
+            row.map(|r| Ok((r.text("config")?, r.text("legacy_hash")?))).transpose()
+        })
     }
 
     /// The trained model with `key`, if it exists.
     pub fn trained(&self, key: &str) -> Result<Option<TrainedRow>, StoreError> {
-        let row = self
-            .rt
-            .block_on(
-                sqlx::query("SELECT * FROM trained_model WHERE key = ?")
-                    .bind(key)
-                    .fetch_optional(&self.pool),
-            )
-            .map_err(self.db_err())?;
-        row.map(|r| trained_from_row(&r))
-            .transpose()
-            .map_err(self.db_err())
+        let sql = self.sql("SELECT * FROM trained_model WHERE \"key\" = ?");
+        on_pool!(self, pool => async {
+            let row = sqlx::query(&sql).bind(key).fetch_optional(pool).await?;
+            row.map(|r| trained_from_row(&r)).transpose()
+        })
     }
 
     /// The trained models whose key starts with `prefix` (at most two, enough to tell
@@ -388,30 +552,22 @@ impl Store {
                 "`{prefix}` is not a trained model key: keys are hexadecimal"
             )));
         }
-        let rows = self
-            .rt
-            .block_on(
-                sqlx::query(
-                    "SELECT t.*, d.config AS dataset_config, m.config AS model_config \
-                     FROM trained_model t \
-                     JOIN dataset d ON d.fn = t.dataset_fn AND d.hash = t.dataset_hash \
-                     JOIN model m ON m.fn = t.model_fn AND m.hash = t.model_hash \
-                     WHERE t.key LIKE ? ORDER BY t.key LIMIT 2",
-                )
-                .bind(format!("{}%", prefix.to_ascii_lowercase()))
-                .fetch_all(&self.pool),
-            )
-            .map_err(self.db_err())?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    trained_from_row(r)?,
-                    r.try_get("dataset_config")?,
-                    r.try_get("model_config")?,
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db_err())
+        let sql = self.sql(
+            "SELECT t.*, d.config AS dataset_config, m.config AS model_config \
+             FROM trained_model t \
+             JOIN dataset d ON d.fn = t.dataset_fn AND d.hash = t.dataset_hash \
+             JOIN model m ON m.fn = t.model_fn AND m.hash = t.model_hash \
+             WHERE t.\"key\" LIKE ? ORDER BY t.\"key\" LIMIT 2",
+        );
+        let pattern = format!("{}%", prefix.to_ascii_lowercase());
+        on_pool!(self, pool => async {
+            let rows = sqlx::query(&sql).bind(&pattern).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok((trained_from_row(r)?, r.text("dataset_config")?, r.text("model_config")?))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        })
     }
 
     /// Insert a trained model row; `false` when a row with its key exists already (another
@@ -423,15 +579,14 @@ impl Store {
         provenance: &str,
     ) -> Result<bool, StoreError> {
         let k = &row.stage;
-        self.rt
-            .block_on(
-                sqlx::query(
-                    "INSERT INTO trained_model (key, dataset_fn, dataset_hash, model_fn, \
-                     model_hash, trainer_fn, trainer_hash, seed, parent_key, comment, score, \
-                     output, fabrikant, weights_uri, weights_sha256, weights_size, provenance) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                     ON CONFLICT (key) DO NOTHING",
-                )
+        let sql = self.sql(
+            "INSERT INTO trained_model (\"key\", dataset_fn, dataset_hash, model_fn, \
+             model_hash, trainer_fn, trainer_hash, seed, parent_key, comment, score, \
+             output, fabrikant, weights_uri, weights_sha256, weights_size, provenance) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        let inserted = on_pool!(self, pool => async {
+            sqlx::query(&sql)
                 .bind(&row.key)
                 .bind(&k.dataset.0)
                 .bind(&k.dataset.1)
@@ -449,63 +604,35 @@ impl Store {
                 .bind(&row.weights.sha256)
                 .bind(row.weights.size as i64)
                 .bind(provenance)
-                .execute(&self.pool),
-            )
-            .map(|done| done.rows_affected() == 1)
-            .map_err(self.db_err())
+                .execute(pool)
+                .await
+                .map(|_| true)
+                .or_else(|e| match &e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => Ok(false),
+                    _ => Err(e),
+                })
+        })?;
+        Ok(inserted)
     }
 
     /// Every trained model, one entry per chain stage it belongs to (ordered by chain and
     /// stage), with its provenance parsed: the rows a notebook reads.
     pub fn trained_models(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-        let rows = self
-            .rt
-            .block_on(
-                sqlx::query(
-                    "SELECT c.chain, c.stage, t.key, t.parent_key, t.seed, t.comment, t.score, \
-                     t.output, t.fabrikant, t.weights_uri, t.weights_sha256, t.weights_size, \
-                     t.provenance, t.created_at, \
-                     t.dataset_fn, t.dataset_hash, d.config AS dataset_config, \
-                     t.model_fn, t.model_hash, m.config AS model_config, \
-                     t.trainer_fn, t.trainer_hash, r.config AS trainer_config \
-                     FROM trained_model t LEFT JOIN chain_stage c ON c.key = t.key \
-                     JOIN dataset d ON d.fn = t.dataset_fn AND d.hash = t.dataset_hash \
-                     JOIN model m ON m.fn = t.model_fn AND m.hash = t.model_hash \
-                     JOIN trainer r ON r.fn = t.trainer_fn AND r.hash = t.trainer_hash \
-                     ORDER BY c.chain, c.stage, t.seed, t.key",
-                )
-                .fetch_all(&self.pool),
-            )
-            .map_err(self.db_err())?;
-        rows.iter()
-            .map(|r| -> Result<serde_json::Value, sqlx::Error> {
-                let provenance: String = r.try_get("provenance")?;
-                let output: String = r.try_get("output")?;
-                let text = |column: &str| r.try_get::<String, _>(column);
-                Ok(serde_json::json!({
-                    "chain": r.try_get::<Option<String>, _>("chain")?,
-                    "stage": r.try_get::<Option<i64>, _>("stage")?,
-                    "key": r.try_get::<String, _>("key")?,
-                    "parent_key": r.try_get::<Option<String>, _>("parent_key")?,
-                    "seed": r.try_get::<i64, _>("seed")?,
-                    "comment": r.try_get::<String, _>("comment")?,
-                    "score": r.try_get::<f64, _>("score")?,
-                    "weights_uri": r.try_get::<String, _>("weights_uri")?,
-                    "weights_sha256": r.try_get::<String, _>("weights_sha256")?,
-                    "weights_size": r.try_get::<i64, _>("weights_size")?,
-                    "fabrikant": text("fabrikant")?,
-                    "output": serde_json::from_str::<serde_json::Value>(&output)
-                        .unwrap_or(serde_json::Value::String(output)),
-                    "provenance": serde_json::from_str::<serde_json::Value>(&provenance)
-                        .unwrap_or(serde_json::Value::String(provenance)),
-                    "created_at": text("created_at")?,
-                    "dataset": [text("dataset_fn")?, text("dataset_hash")?, text("dataset_config")?],
-                    "model": [text("model_fn")?, text("model_hash")?, text("model_config")?],
-                    "trainer": [text("trainer_fn")?, text("trainer_hash")?, text("trainer_config")?],
-                }))
-            })
-            .collect::<Result<_, _>>()
-            .map_err(self.db_err())
+        let sql = "SELECT c.chain, c.stage, t.\"key\", t.parent_key, t.seed, t.comment, \
+             t.score, t.output, t.fabrikant, t.weights_uri, t.weights_sha256, t.weights_size, \
+             t.provenance, t.created_at, \
+             t.dataset_fn, t.dataset_hash, d.config AS dataset_config, \
+             t.model_fn, t.model_hash, m.config AS model_config, \
+             t.trainer_fn, t.trainer_hash, r.config AS trainer_config \
+             FROM trained_model t LEFT JOIN chain_stage c ON c.\"key\" = t.\"key\" \
+             JOIN dataset d ON d.fn = t.dataset_fn AND d.hash = t.dataset_hash \
+             JOIN model m ON m.fn = t.model_fn AND m.hash = t.model_hash \
+             JOIN trainer r ON r.fn = t.trainer_fn AND r.hash = t.trainer_hash \
+             ORDER BY (c.chain IS NULL), c.chain, c.stage, t.seed, t.\"key\"";
+        on_pool!(self, pool => async {
+            let rows = sqlx::query(sql).fetch_all(pool).await?;
+            rows.iter().map(model_json).collect::<Result<Vec<_>, sqlx::Error>>()
+        })
     }
 
     /// Row counts of every table, for checks and status.
@@ -519,46 +646,197 @@ impl Store {
             "trained_model",
             "chain_stage",
         ];
-        self.rt
-            .block_on(async {
-                let mut out = Vec::new();
-                for table in tables {
-                    let n: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
-                        .fetch_one(&self.pool)
-                        .await?
-                        .try_get(0)?;
-                    out.push((table.to_string(), n));
-                }
-                Ok(out)
-            })
-            .map_err(self.db_err())
+        on_pool!(self, pool => async {
+            let mut out = Vec::new();
+            for table in tables {
+                let n: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(pool)
+                    .await?
+                    .try_get(0)?;
+                out.push((table.to_string(), n));
+            }
+            Ok(out)
+        })
     }
 }
 
-fn trained_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TrainedRow, sqlx::Error> {
+/// A connection failure as the user should read it: which database, from which setting,
+/// and the server's own words, with any password left out.
+fn connect_error(target: &Target, described: &str, e: sqlx::Error) -> StoreError {
+    let reason = match &e {
+        sqlx::Error::PoolTimedOut => "no answer in time (`BT_DB_TIMEOUT` seconds)".to_string(),
+        sqlx::Error::Io(io) => format!("cannot reach the server: {io}"),
+        other => other.to_string(),
+    };
+    StoreError::Connect {
+        target: described.to_string(),
+        setting: target.source,
+        reason: target.redact(&reason),
+    }
+}
+
+fn trained_from_row(r: &impl Columns) -> Result<TrainedRow, sqlx::Error> {
     Ok(TrainedRow {
-        key: r.try_get("key")?,
+        key: r.text("key")?,
         stage: ConfigKeys {
-            dataset: (r.try_get("dataset_fn")?, r.try_get("dataset_hash")?),
-            model: (r.try_get("model_fn")?, r.try_get("model_hash")?),
-            trainer: (r.try_get("trainer_fn")?, r.try_get("trainer_hash")?),
-            seed: r.try_get("seed")?,
+            dataset: (r.text("dataset_fn")?, r.text("dataset_hash")?),
+            model: (r.text("model_fn")?, r.text("model_hash")?),
+            trainer: (r.text("trainer_fn")?, r.text("trainer_hash")?),
+            seed: r.int("seed")?,
         },
-        parent_key: r.try_get("parent_key")?,
-        comment: r.try_get("comment")?,
-        score: r.try_get("score")?,
-        output: r.try_get("output")?,
+        parent_key: r.maybe_text("parent_key")?,
+        comment: r.text("comment")?,
+        score: r.float("score")?,
+        output: r.text("output")?,
         weights: ArtifactRef {
-            uri: r.try_get("weights_uri")?,
-            sha256: r.try_get("weights_sha256")?,
-            size: r.try_get::<i64, _>("weights_size")? as u64,
+            uri: r.text("weights_uri")?,
+            sha256: r.text("weights_sha256")?,
+            size: r.int("weights_size")? as u64,
         },
     })
+}
+
+fn model_json(r: &impl Columns) -> Result<serde_json::Value, sqlx::Error> {
+    let parsed = |text: String| {
+        serde_json::from_str::<serde_json::Value>(&text).unwrap_or(serde_json::Value::String(text))
+    };
+    let part = |name: &str| -> Result<serde_json::Value, sqlx::Error> {
+        Ok(serde_json::json!([
+            r.text(&format!("{name}_fn"))?,
+            r.text(&format!("{name}_hash"))?,
+            r.text(&format!("{name}_config"))?,
+        ]))
+    };
+    Ok(serde_json::json!({
+        "chain": r.maybe_text("chain")?,
+        "stage": r.maybe_int("stage")?,
+        "key": r.text("key")?,
+        "parent_key": r.maybe_text("parent_key")?,
+        "seed": r.int("seed")?,
+        "comment": r.text("comment")?,
+        "score": r.float("score")?,
+        "weights_uri": r.text("weights_uri")?,
+        "weights_sha256": r.text("weights_sha256")?,
+        "weights_size": r.int("weights_size")?,
+        "fabrikant": r.text("fabrikant")?,
+        "output": parsed(r.text("output")?),
+        "provenance": parsed(r.text("provenance")?),
+        "created_at": r.text("created_at")?,
+        "dataset": part("dataset")?,
+        "model": part("model")?,
+        "trainer": part("trainer")?,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The servers the tests use: the local PostgreSQL and MariaDB, or those named by
+    /// `BT_TEST_POSTGRES_URL` and `BT_TEST_MYSQL_URL`.
+    pub(crate) fn test_servers() -> Vec<Target> {
+        let url = |var: &str, default: &str| std::env::var(var).unwrap_or(default.to_string());
+        [
+            url(
+                "BT_TEST_POSTGRES_URL",
+                "postgres://postgres@127.0.0.1:5432/test",
+            ),
+            url("BT_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306"),
+        ]
+        .iter()
+        .map(|u| Target::from_url(u).unwrap())
+        .collect()
+    }
+
+    /// Drop `schema` from the server of `target`.
+    pub(crate) fn drop_schema(target: &Target, schema: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use sqlx::{Connection, Executor};
+            match &target.server {
+                Some(backend::Server::Postgres(o)) => {
+                    let mut con = sqlx::PgConnection::connect_with(o).await.unwrap();
+                    con.execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
+                        .await
+                        .unwrap();
+                }
+                Some(backend::Server::MySql(o)) => {
+                    let mut con = sqlx::MySqlConnection::connect_with(o).await.unwrap();
+                    con.execute(format!("DROP DATABASE IF EXISTS `{schema}`").as_str())
+                        .await
+                        .unwrap();
+                }
+                None => {}
+            }
+        });
+    }
+
+    /// Run `check` on a fresh schema `name` of SQLite, PostgreSQL and MySQL in turn.
+    fn on_each_backend(name: &str, check: impl Fn(&Target, &Path, &str)) {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = format!("bt_unit_{name}_{}", std::process::id());
+        check(&Target::sqlite(), dir.path(), &schema);
+        for target in test_servers() {
+            drop_schema(&target, &schema);
+            check(&target, dir.path(), &schema);
+            drop_schema(&target, &schema);
+        }
+    }
+
+    fn open(target: &Target, dir: &Path, schema: &str) -> Store {
+        Store::open_at(target, dir, schema, true).unwrap().unwrap()
+    }
+
+    fn fabrikant() -> Fabrikant {
+        Fabrikant {
+            name: "ada".into(),
+            email: "a@b.c".into(),
+            affiliation: "lab".into(),
+            db_user: "ada".into(),
+        }
+    }
+
+    fn config_rows() -> Vec<ConfigRow> {
+        [
+            ConfigTable::Dataset,
+            ConfigTable::Model,
+            ConfigTable::Trainer,
+        ]
+        .into_iter()
+        .map(|table| ConfigRow {
+            table,
+            fn_name: "f".into(),
+            hash: "h".into(),
+            legacy_hash: "l".into(),
+            config: r#"{"d":{"0.1":1.0}}"#.into(),
+            comment: "".into(),
+        })
+        .collect()
+    }
+
+    fn trained_row(key: &str, parent: Option<&str>) -> TrainedRow {
+        TrainedRow {
+            key: key.into(),
+            stage: ConfigKeys {
+                dataset: ("f".into(), "h".into()),
+                model: ("f".into(), "h".into()),
+                trainer: ("f".into(), "h".into()),
+                seed: 1,
+            },
+            parent_key: parent.map(String::from),
+            comment: "c".into(),
+            score: 87.25,
+            output: r#"[[{"dev_acc": 80.5}], {"test_acc": 87.25}]"#.into(),
+            weights: ArtifactRef {
+                uri: "local:x".into(),
+                sha256: "0".into(),
+                size: 1 << 40,
+            },
+        }
+    }
 
     #[test]
     fn schema_names_are_identifiers() {
@@ -570,94 +848,139 @@ mod tests {
 
     #[test]
     fn register_is_idempotent_and_migrations_run_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let fab = Fabrikant {
-            name: "ada".into(),
-            email: "a@b.c".into(),
-            affiliation: "lab".into(),
-            db_user: "ada".into(),
-        };
-        let configs = vec![ConfigRow {
-            table: ConfigTable::Dataset,
-            fn_name: "f".into(),
-            hash: "h".into(),
-            legacy_hash: "l".into(),
-            config: "{}".into(),
-            comment: "".into(),
-        }];
-        for _ in 0..2 {
-            let store = Store::open_sqlite(dir.path(), "s").unwrap();
-            store.register(&fab, &[42], &configs, &[]).unwrap();
-            let counts: std::collections::HashMap<_, _> =
-                store.counts().unwrap().into_iter().collect();
-            assert_eq!(
-                (counts["fabrikant"], counts["seed"], counts["dataset"]),
-                (1, 1, 1)
-            );
-        }
-        assert!(Store::open_existing(dir.path(), "other").unwrap().is_none());
-        assert!(!sqlite_path(dir.path(), "other").exists());
+        on_each_backend("Register", |target, dir, schema| {
+            assert!(Store::open_at(target, dir, schema, false)
+                .unwrap()
+                .is_none());
+            let chains = [ChainStageRow {
+                chain: "Clean -> Transfer".into(),
+                seed: 42,
+                stage: 0,
+                key: "k0".into(),
+            }];
+            for _ in 0..2 {
+                let store = open(target, dir, schema);
+                assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+                store
+                    .register(&fabrikant(), &[42, 7], &config_rows(), &chains)
+                    .unwrap();
+                let counts: std::collections::HashMap<_, _> =
+                    store.counts().unwrap().into_iter().collect();
+                let got = (counts["fabrikant"], counts["seed"], counts["dataset"]);
+                assert_eq!(got, (1, 2, 1), "{target:?}");
+                assert_eq!(counts["chain_stage"], 1);
+            }
+            let store = Store::open_at(target, dir, schema, false).unwrap().unwrap();
+            let config = store.config(ConfigTable::Trainer, "f", "h").unwrap();
+            assert_eq!(config, Some((r#"{"d":{"0.1":1.0}}"#.into(), "l".into())));
+            assert!(Store::open_at(target, dir, "bt_unit_absent", false)
+                .unwrap()
+                .is_none());
+        });
+        assert!(!sqlite_path(Path::new("/nonexistent"), "other").exists());
+    }
+
+    #[test]
+    fn trained_rows_round_trip_and_keep_the_first_writer() {
+        on_each_backend("trained", |target, dir, schema| {
+            let store = open(target, dir, schema);
+            let chains = [("k0", 0), ("k1", 1)].map(|(key, stage)| ChainStageRow {
+                chain: "A -> B".into(),
+                seed: 1,
+                stage,
+                key: key.into(),
+            });
+            store
+                .register(&fabrikant(), &[1], &config_rows(), &chains)
+                .unwrap();
+            let fab = fabrikant();
+            assert!(store
+                .insert_trained(&trained_row("k0", None), &fab, "{}")
+                .unwrap());
+            assert!(!store
+                .insert_trained(&trained_row("k0", None), &fab, "{}")
+                .unwrap());
+            let provenance = r#"{"mode": "dev"}"#;
+            assert!(store
+                .insert_trained(&trained_row("k1", Some("k0")), &fab, provenance)
+                .unwrap());
+
+            let row = store.trained("k1").unwrap().unwrap();
+            assert_eq!(row.parent_key.as_deref(), Some("k0"));
+            assert_eq!((row.score, row.weights.size), (87.25, 1 << 40));
+            let models = store.trained_models().unwrap();
+            let keys: Vec<_> = models.iter().map(|m| m["key"].as_str().unwrap()).collect();
+            assert_eq!(keys, ["k0", "k1"], "{target:?}");
+            assert_eq!(models[1]["stage"], 1);
+            assert_eq!(models[1]["provenance"]["mode"], "dev");
+            assert_eq!(models[1]["output"][1]["test_acc"], 87.25);
+            assert_eq!(models[1]["trainer"][2], r#"{"d":{"0.1":1.0}}"#);
+            let created = models[0]["created_at"].as_str().unwrap();
+            assert_eq!(created.len(), 19, "{created}");
+        });
     }
 
     #[test]
     fn trained_models_are_found_by_unique_key_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(dir.path(), "s").unwrap();
-        let fab = Fabrikant::from_env();
-        let configs: Vec<_> = [
-            ConfigTable::Dataset,
-            ConfigTable::Model,
-            ConfigTable::Trainer,
-        ]
-        .into_iter()
-        .map(|table| ConfigRow {
-            table,
-            fn_name: "f".into(),
-            hash: "h".into(),
-            legacy_hash: "l".into(),
-            config: "{}".into(),
-            comment: "".into(),
-        })
-        .collect();
-        store.register(&fab, &[1], &configs, &[]).unwrap();
-        let keys = ConfigKeys {
-            dataset: ("f".into(), "h".into()),
-            model: ("f".into(), "h".into()),
-            trainer: ("f".into(), "h".into()),
-            seed: 1,
-        };
-        for key in ["ab12", "ab34"] {
-            let row = TrainedRow {
-                key: key.into(),
-                stage: keys.clone(),
-                parent_key: None,
-                comment: "c".into(),
-                score: 1.0,
-                output: "[]".into(),
-                weights: ArtifactRef {
-                    uri: "local:x".into(),
-                    sha256: "0".into(),
-                    size: 0,
-                },
-            };
-            assert!(store.insert_trained(&row, &fab, "{}").unwrap());
-        }
-        let found = |prefix: &str| -> Vec<String> {
+        on_each_backend("prefix", |target, dir, schema| {
+            let store = open(target, dir, schema);
             store
-                .find_trained(prefix)
-                .unwrap()
-                .into_iter()
-                .map(|(row, dataset, model)| {
-                    assert_eq!((dataset.as_str(), model.as_str()), ("{}", "{}"));
-                    row.key
-                })
-                .collect()
-        };
-        assert_eq!(found("AB3"), ["ab34"]);
-        assert_eq!(found("ab"), ["ab12", "ab34"]);
-        assert!(found("abc").is_empty());
-        for bad in ["", "ab%", "a_"] {
-            assert!(store.find_trained(bad).is_err(), "{bad}");
-        }
+                .register(&fabrikant(), &[1], &config_rows(), &[])
+                .unwrap();
+            for key in ["ab12", "ab34"] {
+                let row = trained_row(key, None);
+                assert!(store.insert_trained(&row, &fabrikant(), "{}").unwrap());
+            }
+            let found = |prefix: &str| -> Vec<String> {
+                store
+                    .find_trained(prefix)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(row, dataset, _)| {
+                        assert_eq!(dataset, r#"{"d":{"0.1":1.0}}"#);
+                        row.key
+                    })
+                    .collect()
+            };
+            assert_eq!(found("AB3"), ["ab34"]);
+            assert_eq!(found("ab"), ["ab12", "ab34"]);
+            assert!(found("abc").is_empty());
+            for bad in ["", "ab%", "a_"] {
+                assert!(store.find_trained(bad).is_err(), "{bad}");
+            }
+        });
+    }
+
+    #[test]
+    fn bad_credentials_and_unreachable_servers_are_named_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mysql = std::env::var("BT_TEST_MYSQL_URL")
+            .unwrap_or("mysql://root@127.0.0.1:3306".into())
+            .replacen("://root@", "://root:n0t-the-pass@", 1);
+        let target = Target::from_url(&mysql).unwrap();
+        let err = Store::open_at(&target, dir.path(), "s", true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("cannot connect to the database `mysql://root@"),
+            "{err}"
+        );
+        assert!(
+            err.contains("(from `DATABASE_URL`)") && err.contains("Access denied"),
+            "{err}"
+        );
+        assert!(!err.contains("n0t-the-pass"), "{err}");
+
+        let target = Target::from_url("postgres://ada:pw@127.0.0.1:1/db").unwrap();
+        let err = Store::open_at(&target, dir.path(), "s", true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("`postgres://ada@127.0.0.1:1/db, schema s`"),
+            "{err}"
+        );
+        assert!(err.contains("cannot reach the server"), "{err}");
     }
 }

@@ -23,6 +23,9 @@ pub struct TrainedModel {
     net: SmallCnn,
 }
 
+/// One parameter: its PyTorch name, shape and values (row-major).
+pub type Parameter = (String, Vec<i64>, Vec<f32>);
+
 /// Named outputs of a forward pass, flattened row-major, with their widths.
 pub struct Forward {
     pub logits: Vec<f32>,
@@ -90,7 +93,7 @@ impl TrainedModel {
     }
 
     /// Every parameter by its PyTorch name, in name order: shape and values.
-    pub fn state_dict(&self) -> Result<Vec<(String, Vec<i64>, Vec<f32>)>, TrainingError> {
+    pub fn state_dict(&self) -> Result<Vec<Parameter>, TrainingError> {
         let mut vars = self.vs.variables().into_iter().collect::<Vec<_>>();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         vars.into_iter()
