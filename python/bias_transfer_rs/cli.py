@@ -21,7 +21,7 @@ from bias_transfer_rs.pinning import (
     resolve,
 )
 from bias_transfer_rs.recipe import Recipe, build_plan, find_recipe, load_transfer_experiments
-from bias_transfer_rs.store import default_work_dir
+from bias_transfer_rs.store import Results, default_work_dir, format_status
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,6 +42,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="use the installed code and the repositories' working trees as "
                         "they are instead of the pinned commits; records their HEADs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--wait", action="store_true",
+                        help="when nothing is left to claim, wait for stages running on other "
+                        "workers (and the stages after them) instead of exiting")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="queue the stages that failed before again")
+    parser.add_argument("--status", action="store_true",
+                        help="print the jobs of the schema (counts per state, running jobs "
+                        "with host and age, errors) and stop")
+    parser.add_argument("--orphans", choices=["list", "remove"], nargs="?", const="list",
+                        help="list (or remove) the schema's artifacts that no row refers to, "
+                        "written at least --min-age seconds ago, and stop")
+    parser.add_argument("--min-age", type=float, default=600.0, metavar="SECONDS",
+                        help="with --orphans: skip artifacts younger than this, which may "
+                        "belong to a worker about to store its row (default: 600)")
     parser.add_argument("--recipes-dir", type=Path, default=None,
                         help="the recipes repository (default: the folder of main.py, "
                         "else the current directory)")
@@ -137,6 +151,20 @@ def run(args: argparse.Namespace, recipes_dir: Path, argv: list[str] | None = No
     recipe = find_recipe(recipes_dir, args.recipe)
     schema = args.schema or recipe.default_schema()
     _core.validate_schema(schema)
+    if args.status:
+        results = Results(schema, default_work_dir(recipes_dir))
+        print(f"database {_core.database(results.work_dir, schema)}")
+        print(format_status(results.status()))
+        return 0
+    if args.orphans:
+        results = Results(schema, default_work_dir(recipes_dir))
+        found = results.orphans(args.min_age, remove=args.orphans == "remove")
+        verb = "removed" if args.orphans == "remove" else "found"
+        print(f"{len(found)} orphaned artifacts {verb} "
+              f"({sum(o['size'] for o in found)} bytes)")
+        for orphan in found:
+            print(f"  {orphan['uri']}  {orphan['size']} bytes, {orphan['age']:.0f} s old")
+        return 0
     if ENV_VAR not in os.environ:
         print(f"recipe {recipe.name}, experiment {args.experiment or '(all)'}, "
               f"schema {schema}")
@@ -166,7 +194,7 @@ def run(args: argparse.Namespace, recipes_dir: Path, argv: list[str] | None = No
     # 4. Train what is new and print the summary.
     provenance = _provenance(recipe, args.experiment, pinning, recipes_state)
     reports = json.loads(_core.run_plan(plan, work_dir, schema, data_dir, args.quiet,
-                                        json.dumps(provenance)))
+                                        json.dumps(provenance), args.wait, args.retry_errors))
     trained = sum(r["status"] == "trained" for r in reports)
     if trained == 0:
         print(f"nothing to train: all {len(reports)} stages were trained before")

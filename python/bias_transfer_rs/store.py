@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,6 +143,36 @@ class Results:
                     })
         return pd.DataFrame.from_records(records, columns=_frame_columns(records, "kind"))
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job (one per chain stage registered): `key`, `chain`, `stage`, `comment`,
+        `state` (`pending`, `running`, `done` or `error`), `attempts`, `worker_host`,
+        `worker_pid`, `lease_expires`, `started_at`, `finished_at` (seconds since the
+        epoch), `error_message` and `error_traceback`."""
+        return list(json.loads(_core.jobs(self.work_dir, self.schema)))
+
+    def status(self) -> dict[str, Any]:
+        """What the workers are doing: `counts` per state, the `running` jobs (with host,
+        pid, age and seconds left on the lease) and the `errors` (with the first line of
+        the message)."""
+        jobs, now = self.jobs(), time.time()
+        counts = {state: 0 for state in ("pending", "running", "done", "error")}
+        for job in jobs:
+            counts[job["state"]] = counts.get(job["state"], 0) + 1
+        running = [{**_job_identity(j), "host": j["worker_host"], "pid": j["worker_pid"],
+                    "age_s": now - (j["started_at"] or now),
+                    "lease_left_s": (j["lease_expires"] or now) - now}
+                   for j in jobs if j["state"] == "running"]
+        errors = [{**_job_identity(j), "host": j["worker_host"],
+                   "error": next(iter((j["error_message"] or "").splitlines()), "")}
+                  for j in jobs if j["state"] == "error"]
+        return {"counts": counts, "running": running, "errors": errors}
+
+    def orphans(self, min_age: float = 600.0, remove: bool = False) -> list[dict[str, Any]]:
+        """The artifacts no row refers to (weights of results that were never stored),
+        last written at least `min_age` seconds ago: `uri`, `size` in bytes, `age` in
+        seconds. With `remove=True` they are deleted as well."""
+        return list(json.loads(_core.orphans(self.work_dir, self.schema, min_age, remove)))
+
     def load_model(self, key: str) -> TrainedModel:
         """The trained model with `key` (or a unique prefix of it), weights verified against
         their stored sha256."""
@@ -162,6 +193,25 @@ class Results:
         from bias_transfer_rs.plots import plot_noise_robustness
 
         return plot_noise_robustness(self.noise_robustness(**filters), kind)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """`status()` as `main.py --status` prints it."""
+    counts = status["counts"]
+    lines = ["jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items())]
+    for job in status["running"]:
+        lease = ("lease expired" if job["lease_left_s"] < 0
+                 else f"lease {job['lease_left_s']:.0f} s left")
+        lines.append(f"  running  {job['chain']} stage {job['stage']} ({job['key'][:10]}) on "
+                     f"{job['host']} pid {job['pid']} for {job['age_s']:.0f} s, {lease}")
+    for job in status["errors"]:
+        lines.append(f"  error    {job['chain']} stage {job['stage']} ({job['key'][:10]}): "
+                     f"{job['error']}")
+    return "\n".join(lines)
+
+
+def _job_identity(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: job[k] for k in ("key", "chain", "stage", "comment", "attempts")}
 
 
 def _identity(model: Any) -> dict[str, Any]:

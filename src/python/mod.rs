@@ -206,6 +206,9 @@ fn plan_and_options(
             quiet,
             provenance,
             interrupted: python_interrupted,
+            lease: runner::lease_from_env().map_err(run_error)?,
+            wait: false,
+            retry_errors: false,
         },
     ))
 }
@@ -238,10 +241,13 @@ fn describe_plan(
     Ok(reports_json(reports))
 }
 
-/// Run a plan, training what is not trained yet: a JSON list of stage reports.
-/// `provenance` (JSON) is stored with every model trained.
+/// Run a plan as one worker, claiming and training stages until none is left to claim: a
+/// JSON list of stage reports. `provenance` (JSON) is stored with every model trained;
+/// `wait` waits for stages running elsewhere; `retry_errors` queues failed stages again.
 #[pyfunction]
-#[pyo3(signature = (plan, work_dir, schema, data_dir=None, quiet=false, provenance=None))]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (plan, work_dir, schema, data_dir=None, quiet=false, provenance=None,
+                    wait=false, retry_errors=false))]
 fn run_plan(
     py: Python<'_>,
     plan: &Bound<'_, PyAny>,
@@ -250,9 +256,14 @@ fn run_plan(
     data_dir: Option<PathBuf>,
     quiet: bool,
     provenance: Option<String>,
+    wait: bool,
+    retry_errors: bool,
 ) -> PyResult<String> {
     let provenance = provenance.unwrap_or_else(|| "{}".to_string());
-    let (plan, options) = plan_and_options(plan, work_dir, schema, data_dir, quiet, provenance)?;
+    let (plan, mut options) =
+        plan_and_options(plan, work_dir, schema, data_dir, quiet, provenance)?;
+    options.wait = wait;
+    options.retry_errors = retry_errors;
     let reports = py
         .allow_threads(|| runner::run(&plan, &options))
         .map_err(run_error)?;
@@ -280,6 +291,43 @@ fn trained_models(py: Python<'_>, work_dir: PathBuf, schema: &str) -> PyResult<S
 fn database(work_dir: PathBuf, schema: &str) -> PyResult<String> {
     crate::store::describe_database(&work_dir, schema)
         .map_err(|e| StoreError::new_err(e.to_string()))
+}
+
+/// Every job of a schema as a JSON list (state, attempts, worker, lease, times in seconds
+/// since the epoch, error); an empty list when the schema has no jobs yet.
+#[pyfunction]
+fn jobs(py: Python<'_>, work_dir: PathBuf, schema: &str) -> PyResult<String> {
+    let rows = py.allow_threads(
+        || match crate::store::Store::open_existing(&work_dir, schema)? {
+            Some(store) if store.schema_version()? >= 3 => store.jobs(),
+            _ => Ok(Vec::new()),
+        },
+    );
+    let rows = rows.map_err(|e| StoreError::new_err(e.to_string()))?;
+    serde_json::to_string(&rows).map_err(|e| StoreError::new_err(e.to_string()))
+}
+
+/// The artifacts of a schema that no row refers to, last written at least `min_age`
+/// seconds ago, as a JSON list (`uri`, `size`, `age` in seconds); `remove=True` deletes
+/// them too.
+#[pyfunction]
+#[pyo3(signature = (work_dir, schema, min_age=600.0, remove=false))]
+fn orphans(
+    py: Python<'_>,
+    work_dir: PathBuf,
+    schema: &str,
+    min_age: f64,
+    remove: bool,
+) -> PyResult<String> {
+    let min_age = std::time::Duration::try_from_secs_f64(min_age).map_err(|_| {
+        ConfigError::new_err(format!(
+            "min_age must be a number of seconds >= 0, not {min_age}"
+        ))
+    })?;
+    let found = py
+        .allow_threads(|| runner::orphans(&work_dir, schema, min_age, remove))
+        .map_err(run_error)?;
+    serde_json::to_string(&found).map_err(|e| StoreError::new_err(e.to_string()))
 }
 
 /// Check a schema name; raises `StoreError` when it is not a valid identifier.
@@ -324,6 +372,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_plan, m)?)?;
     m.add_function(wrap_pyfunction!(validate_schema, m)?)?;
     m.add_function(wrap_pyfunction!(database, m)?)?;
+    m.add_function(wrap_pyfunction!(jobs, m)?)?;
+    m.add_function(wrap_pyfunction!(orphans, m)?)?;
     m.add_function(wrap_pyfunction!(trained_models, m)?)?;
     m.add_function(wrap_pyfunction!(noise::apply_noise_array, m)?)?;
     pinning::register(m)?;

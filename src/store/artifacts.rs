@@ -1,11 +1,13 @@
-//! The artifact store: weights files in a local directory, addressed by `local:` URIs and
-//! verified by sha256.
+//! The artifact store: weights files in a local directory (`local:` URIs) or in
+//! S3-compatible object storage (`s3://` URIs), verified by sha256 on every read.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::s3::S3Artifacts;
 use super::StoreError;
 
 /// A stored artifact: where it is, its sha256 and its size in bytes.
@@ -58,22 +60,147 @@ impl LocalArtifacts {
         })
     }
 
+    /// Remove a stored artifact; one already gone is no error.
+    pub fn remove(&self, uri: &str) -> Result<(), StoreError> {
+        let name = uri
+            .strip_prefix(SCHEME)
+            .ok_or_else(|| StoreError::BadUri(uri.to_string(), self.root.display().to_string()))?;
+        let path = self.root.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::Artifact { path, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The path of a stored artifact after checking its sha256.
     pub fn fetch(&self, uri: &str, sha256: &str) -> Result<PathBuf, StoreError> {
         let name = uri
             .strip_prefix(SCHEME)
-            .ok_or_else(|| StoreError::BadUri(uri.to_string()))?;
+            .ok_or_else(|| StoreError::BadUri(uri.to_string(), self.root.display().to_string()))?;
         let path = self.root.join(name);
-        let actual = sha256_of(&path)?;
-        if actual != sha256 {
-            return Err(StoreError::Checksum {
-                path,
-                expected: sha256.into(),
-                actual,
-            });
-        }
+        verify(&path, sha256)?;
         Ok(path)
     }
+
+    /// Every artifact in the folder, and the temporary files of writes that never
+    /// finished.
+    pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        let io = |source| StoreError::Artifact {
+            path: self.root.clone(),
+            source,
+        };
+        let entries = match std::fs::read_dir(&self.root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other.map_err(io)?,
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            let meta = entry.metadata().map_err(io)?;
+            if !meta.is_file() {
+                continue;
+            }
+            out.push(Listed {
+                uri: format!("{SCHEME}{}", entry.file_name().to_string_lossy()),
+                size: meta.len(),
+                age: meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or(Duration::ZERO),
+            });
+        }
+        out.sort_by(|a, b| a.uri.cmp(&b.uri));
+        Ok(out)
+    }
+}
+
+/// An artifact found by listing a store.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Listed {
+    pub uri: String,
+    pub size: u64,
+    /// Time since it was last written.
+    #[serde(serialize_with = "as_seconds")]
+    pub age: Duration,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// The artifact store of a schema: local unless `MINIO_ENDPOINT` names an S3 server.
+pub enum Artifacts {
+    Local(LocalArtifacts),
+    S3(Box<S3Artifacts>),
+}
+
+impl Artifacts {
+    /// The store of `schema` as the environment configures it: S3 when `MINIO_ENDPOINT` is
+    /// set (checked before anything is written), else `<work_dir>/artifacts/<schema>/`.
+    /// Downloads from S3 are kept under `<work_dir>/artifacts/.s3/`.
+    pub fn open(work_dir: &Path, schema: &str) -> Result<Artifacts, StoreError> {
+        let root = work_dir.join("artifacts");
+        Ok(match S3Artifacts::from_env(schema, &root.join(".s3"))? {
+            Some(s3) => Artifacts::S3(Box::new(s3)),
+            None => Artifacts::Local(LocalArtifacts::new(root.join(schema))),
+        })
+    }
+
+    /// Where the artifacts are, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Artifacts::Local(l) => l.root.display().to_string(),
+            Artifacts::S3(s) => s.describe(),
+        }
+    }
+
+    /// Store `src` as `<stem>-<sha256 prefix>.<extension>`.
+    pub fn put(&self, stem: &str, extension: &str, src: &Path) -> Result<ArtifactRef, StoreError> {
+        match self {
+            Artifacts::Local(l) => l.put(stem, extension, src),
+            Artifacts::S3(s) => s.put(stem, extension, src),
+        }
+    }
+
+    /// A local path of the artifact at `uri`, its sha256 checked.
+    pub fn fetch(&self, uri: &str, sha256: &str) -> Result<PathBuf, StoreError> {
+        match self {
+            Artifacts::Local(l) => l.fetch(uri, sha256),
+            Artifacts::S3(s) => s.fetch(uri, sha256),
+        }
+    }
+
+    /// Remove the artifact at `uri`; one already gone is no error.
+    pub fn remove(&self, uri: &str) -> Result<(), StoreError> {
+        match self {
+            Artifacts::Local(l) => l.remove(uri),
+            Artifacts::S3(s) => s.remove(uri),
+        }
+    }
+
+    /// Every artifact of the schema.
+    pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        match self {
+            Artifacts::Local(l) => l.list(),
+            Artifacts::S3(s) => s.list(),
+        }
+    }
+}
+
+/// Check that the file at `path` has the sha256 `expected`.
+pub(crate) fn verify(path: &Path, expected: &str) -> Result<(), StoreError> {
+    let actual = sha256_of(path)?;
+    if actual != expected {
+        return Err(StoreError::Checksum {
+            path: path.to_path_buf(),
+            expected: expected.into(),
+            actual,
+        });
+    }
+    Ok(())
 }
 
 fn sha256_of(path: &Path) -> Result<String, StoreError> {

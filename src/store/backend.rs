@@ -52,7 +52,7 @@ pub struct Target {
 }
 
 /// How long to wait for a server to answer, from `BT_DB_TIMEOUT` (seconds, default 10).
-fn connect_timeout() -> Duration {
+pub(crate) fn connect_timeout() -> Duration {
     std::env::var("BT_DB_TIMEOUT")
         .ok()
         .and_then(|t| t.trim().parse::<f64>().ok())
@@ -220,35 +220,53 @@ pub async fn sqlite(path: &Path, create: bool) -> Result<Pool, sqlx::Error> {
 }
 
 /// Whether a server holds `schema` with our tables (a PostgreSQL schema or a MySQL
-/// database).
+/// database) and at least its first migration done: MySQL makes tables one statement at a
+/// time, so a schema another worker is still creating does not count yet.
 pub async fn server_has_schema(server: &Server, schema: &str) -> Result<bool, sqlx::Error> {
-    let query = "SELECT COUNT(*) FROM information_schema.tables \
-                 WHERE table_schema = {} AND table_name = 'bt_migrations'";
+    let exists = "SELECT COUNT(*) FROM information_schema.tables \
+                  WHERE table_schema = {} AND table_name = 'bt_migrations'";
     let timeout = connect_timeout();
-    let n: i64 = match server {
+    let version = match server {
         Server::Postgres(options) => {
             let mut con = with_timeout(timeout, sqlx::PgConnection::connect_with(options)).await?;
-            let n = sqlx::query(&query.replace("{}", "$1"))
+            let n: i64 = sqlx::query(&exists.replace("{}", "$1"))
                 .bind(schema)
                 .fetch_one(&mut con)
                 .await?
                 .try_get(0)?;
+            let version =
+                format!("SELECT COALESCE(MAX(version), 0) FROM \"{schema}\".bt_migrations");
+            let v: i64 = match n {
+                0 => 0,
+                _ => sqlx::query(&version)
+                    .fetch_one(&mut con)
+                    .await?
+                    .try_get(0)?,
+            };
             con.close().await?;
-            n
+            v
         }
         Server::MySql(options) => {
             let mut con =
                 with_timeout(timeout, sqlx::MySqlConnection::connect_with(options)).await?;
-            let n = sqlx::query(&query.replace("{}", "?"))
+            let n: i64 = sqlx::query(&exists.replace("{}", "?"))
                 .bind(schema)
                 .fetch_one(&mut con)
                 .await?
                 .try_get(0)?;
+            let version = format!("SELECT COALESCE(MAX(version), 0) FROM `{schema}`.bt_migrations");
+            let v: i64 = match n {
+                0 => 0,
+                _ => sqlx::query(&version)
+                    .fetch_one(&mut con)
+                    .await?
+                    .try_get(0)?,
+            };
             con.close().await?;
-            n
+            v
         }
     };
-    Ok(n > 0)
+    Ok(version > 0)
 }
 
 async fn with_timeout<T>(

@@ -3,12 +3,13 @@
 
 pub mod artifacts;
 pub mod backend;
+mod s3;
 
 use std::path::{Path, PathBuf};
 
 use sqlx::Row;
 
-pub use artifacts::{ArtifactRef, LocalArtifacts};
+pub use artifacts::{ArtifactRef, Artifacts, Listed, LocalArtifacts};
 use backend::Pool;
 pub use backend::{Backend, Target};
 
@@ -27,8 +28,11 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("artifact URI `{0}` is not a `local:` URI")]
-    BadUri(String),
+    #[error(
+        "artifact `{0}` is not in the artifact store configured now ({1}); `MINIO_ENDPOINT` \
+         and `BT_S3_BUCKET` choose where artifacts are"
+    )]
+    BadUri(String, String),
     #[error(
         "artifact `{path}`: sha256 mismatch (expected {expected}, found {actual}); the file \
          is corrupt: delete it and its trained_model row to train the stage again"
@@ -202,6 +206,23 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE trainer ADD COLUMN legacy_hash {text} NOT NULL DEFAULT '';
     ALTER TABLE trained_model ADD COLUMN provenance {text} NOT NULL DEFAULT '{}';",
     ),
+    (
+        3,
+        "CREATE TABLE job (
+        \"key\" {id} PRIMARY KEY,
+        parent_key {id},
+        chain {text} NOT NULL, stage {int} NOT NULL, comment {text} NOT NULL,
+        state {id} NOT NULL DEFAULT 'pending',
+        attempts {int} NOT NULL DEFAULT 0,
+        token {int} NOT NULL DEFAULT 0,
+        worker_host {text}, worker_pid {int},
+        lease_expires {float}, started_at {float}, finished_at {float},
+        error_message {text}, error_traceback {text},
+        checkpoint_uri {text}, checkpoint_sha256 {text}, checkpoint_epoch {int},
+        created_at {now}
+    );
+    CREATE INDEX job_state ON job (state);",
+    ),
 ];
 
 /// Check a schema name: it becomes a file name here and a schema name on servers.
@@ -253,15 +274,41 @@ pub struct Store {
 
 /// Run `$body` (an async block using `$pool`, the backend's own pool type) on the store's
 /// runtime, whichever backend it has; sqlx errors become [`StoreError::Database`].
+///
+/// A transaction the server aborted to break a deadlock (or SQLite found busy) is tried
+/// again, a few times, after a short random pause: workers registering the same plan at
+/// once run into each other.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {{
-        let result = match &$store.pool {
-            Pool::Sqlite($pool) => $store.rt.block_on($body),
-            Pool::Postgres($pool) => $store.rt.block_on($body),
-            Pool::MySql($pool) => $store.rt.block_on($body),
-        };
-        result.map_err($store.db_err())
+        let mut attempt = 0;
+        loop {
+            let result = match &$store.pool {
+                Pool::Sqlite($pool) => $store.rt.block_on($body),
+                Pool::Postgres($pool) => $store.rt.block_on($body),
+                Pool::MySql($pool) => $store.rt.block_on($body),
+            };
+            match result {
+                Err(e) if attempt < 8 && $crate::store::is_transient(&e) => {
+                    attempt += 1;
+                    let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 10..100 * attempt);
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                }
+                other => break other.map_err($store.db_err()),
+            }
+        }
     }};
+}
+
+/// Whether a failed statement may succeed when tried again: a deadlock or serialization
+/// failure (PostgreSQL `40P01`, `40001`; MySQL 1213, 1205) or a busy SQLite file.
+fn is_transient(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    matches!(
+        db.code().as_deref(),
+        Some("40P01" | "40001" | "1213" | "1205" | "5" | "517" | "6")
+    ) || db.message().contains("Deadlock found")
 }
 
 /// The column types read here, on the rows of every backend.
@@ -271,6 +318,7 @@ trait Columns {
     fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
     fn maybe_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
     fn float(&self, column: &str) -> Result<f64, sqlx::Error>;
+    fn maybe_float(&self, column: &str) -> Result<Option<f64>, sqlx::Error>;
 }
 
 /// `Columns` for a row type whose optional text is read by `$maybe_text(row, column)`.
@@ -291,6 +339,9 @@ macro_rules! impl_columns {
                 self.try_get(column)
             }
             fn float(&self, column: &str) -> Result<f64, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn maybe_float(&self, column: &str) -> Result<Option<f64>, sqlx::Error> {
                 self.try_get(column)
             }
         }
@@ -324,6 +375,40 @@ impl_columns!(
             .map_err(|e| decode_error(c, Box::new(e)))
     }
 );
+
+/// The insert of a trained model row; its values are bound by [`bind_trained!`].
+const INSERT_TRAINED: &str = "INSERT INTO trained_model (\"key\", dataset_fn, dataset_hash, \
+     model_fn, model_hash, trainer_fn, trainer_hash, seed, parent_key, comment, score, output, \
+     fabrikant, weights_uri, weights_sha256, weights_size, provenance) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// Bind the values of [`INSERT_TRAINED`] to `$query`.
+macro_rules! bind_trained {
+    ($query:expr, $row:expr, $fabrikant:expr, $provenance:expr) => {{
+        let (row, k) = ($row, &$row.stage);
+        $query
+            .bind(&row.key)
+            .bind(&k.dataset.0)
+            .bind(&k.dataset.1)
+            .bind(&k.model.0)
+            .bind(&k.model.1)
+            .bind(&k.trainer.0)
+            .bind(&k.trainer.1)
+            .bind(k.seed)
+            .bind(&row.parent_key)
+            .bind(&row.comment)
+            .bind(row.score)
+            .bind(&row.output)
+            .bind(&$fabrikant.name)
+            .bind(&row.weights.uri)
+            .bind(&row.weights.sha256)
+            .bind(row.weights.size as i64)
+            .bind($provenance)
+    }};
+}
+
+mod jobs;
+pub use jobs::{CheckpointRef, Claim, JobRow, JobSpec, Worker};
 
 impl Store {
     /// Open (creating if needed) the database of `schema` on the target the environment
@@ -578,32 +663,9 @@ impl Store {
         fabrikant: &Fabrikant,
         provenance: &str,
     ) -> Result<bool, StoreError> {
-        let k = &row.stage;
-        let sql = self.sql(
-            "INSERT INTO trained_model (\"key\", dataset_fn, dataset_hash, model_fn, \
-             model_hash, trainer_fn, trainer_hash, seed, parent_key, comment, score, \
-             output, fabrikant, weights_uri, weights_sha256, weights_size, provenance) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        );
+        let sql = self.sql(INSERT_TRAINED);
         let inserted = on_pool!(self, pool => async {
-            sqlx::query(&sql)
-                .bind(&row.key)
-                .bind(&k.dataset.0)
-                .bind(&k.dataset.1)
-                .bind(&k.model.0)
-                .bind(&k.model.1)
-                .bind(&k.trainer.0)
-                .bind(&k.trainer.1)
-                .bind(k.seed)
-                .bind(&row.parent_key)
-                .bind(&row.comment)
-                .bind(row.score)
-                .bind(&row.output)
-                .bind(&fabrikant.name)
-                .bind(&row.weights.uri)
-                .bind(&row.weights.sha256)
-                .bind(row.weights.size as i64)
-                .bind(provenance)
+            bind_trained!(sqlx::query(&sql), row, fabrikant, provenance)
                 .execute(pool)
                 .await
                 .map(|_| true)
@@ -632,6 +694,28 @@ impl Store {
         on_pool!(self, pool => async {
             let rows = sqlx::query(sql).fetch_all(pool).await?;
             rows.iter().map(model_json).collect::<Result<Vec<_>, sqlx::Error>>()
+        })
+    }
+
+    /// The URI of every artifact a row refers to: trained weights, and the checkpoints of
+    /// unfinished jobs.
+    pub fn referenced_artifacts(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let jobs = self.schema_version()? >= 3;
+        on_pool!(self, pool => async {
+            let mut uris = std::collections::HashSet::new();
+            for row in sqlx::query("SELECT weights_uri FROM trained_model")
+                .fetch_all(pool)
+                .await?
+            {
+                uris.insert(row.text("weights_uri")?);
+            }
+            if jobs {
+                let sql = "SELECT checkpoint_uri FROM job WHERE checkpoint_uri IS NOT NULL";
+                for row in sqlx::query(sql).fetch_all(pool).await? {
+                    uris.insert(row.text("checkpoint_uri")?);
+                }
+            }
+            Ok(uris)
         })
     }
 

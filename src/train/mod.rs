@@ -1,6 +1,8 @@
 //! The training core: models, the options of model and trainer configs, and the trainer.
 
+pub mod checkpoint;
 pub mod model;
+pub mod optim;
 pub mod trained;
 pub mod trainer;
 

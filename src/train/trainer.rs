@@ -10,11 +10,13 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value as Json};
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
+use super::checkpoint::{Checkpoint, ScheduleState};
 use super::model::SmallCnn;
-use super::{ModelSpec, OptimizerKind, TrainerSpec, TrainingError};
+use super::optim::Optimizer;
+use super::{ModelSpec, TrainerSpec, TrainingError};
 use crate::data::{batch_seed, BatchStream, Dataset, StreamPlan};
 use crate::noise::NoiseSpec;
 
@@ -30,8 +32,15 @@ pub struct StageInput<'a> {
     pub label: String,
     pub quiet: bool,
     /// Polled between batches; `true` stops training.
-    pub interrupted: fn() -> bool,
+    pub interrupted: &'a (dyn Fn() -> bool + Sync),
+    /// A checkpoint file to continue from.
+    pub resume: Option<&'a Path>,
+    /// Given each epoch's checkpoint file (except the last epoch's), to keep it.
+    pub on_checkpoint: Option<&'a CheckpointSink<'a>>,
 }
+
+/// Keeps a checkpoint: called with the epoch and the file's path.
+pub type CheckpointSink<'a> = dyn Fn(usize, &Path) -> Result<(), TrainingError> + Sync + 'a;
 
 /// What a trained stage gives back.
 pub struct StageResult {
@@ -72,11 +81,35 @@ pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
 
     // 2. Epochs: train, validate, keep the strictly best, step the schedule.
     let spec = input.trainer;
-    let mut opt = build_optimizer(&vs, spec)?;
+    let mut opt = Optimizer::new(&vs, spec);
     let mut schedule = Schedule::new(spec);
     let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
     let mut train_stats = Vec::with_capacity(spec.num_epochs);
-    for epoch in 1..=spec.num_epochs {
+    let mut first = 1;
+    if let Some(path) = input.resume {
+        let checkpoint = Checkpoint::load(path)?;
+        let bad = |reason: String| TrainingError::Weights {
+            path: path.display().to_string(),
+            reason,
+        };
+        restore_all(&vs, &checkpoint.model).map_err(bad)?;
+        opt.restore(checkpoint.optimizer, checkpoint.steps)
+            .map_err(bad)?;
+        schedule.restore(checkpoint.schedule);
+        opt.set_lr(schedule.lr);
+        best = checkpoint
+            .best
+            .map(|(acc, at, w)| (acc, at, w.into_iter().collect()));
+        train_stats = checkpoint.train_stats;
+        first = checkpoint.epoch + 1;
+        log::info!(
+            "{} resuming after epoch {}/{} from its checkpoint",
+            input.label,
+            checkpoint.epoch,
+            spec.num_epochs
+        );
+    }
+    for epoch in first..=spec.num_epochs {
         let train = train_epoch(input, &model, &mut opt, device, epoch)?;
         let dev = evaluate(input, &model, device, Which::Valid, spec.noise.as_ref())?;
         log::info!(
@@ -101,6 +134,26 @@ pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
         }
         if let Some(lr) = schedule.step(epoch, dev.loss) {
             opt.set_lr(lr);
+        }
+        if let Some(keep) = input.on_checkpoint.filter(|_| epoch < spec.num_epochs) {
+            let checkpoint = Checkpoint {
+                epoch,
+                model: vs.variables().into_iter().collect(),
+                best: best.as_ref().map(|(acc, at, w)| {
+                    let w = w.iter().map(|(n, t)| (n.clone(), t.shallow_clone()));
+                    (*acc, *at, w.collect())
+                }),
+                optimizer: opt.state().0,
+                steps: opt.state().1,
+                schedule: schedule.state(),
+                train_stats: train_stats.clone(),
+            };
+            let file = tempfile::Builder::new()
+                .suffix(".safetensors")
+                .tempfile()
+                .map_err(|e| TrainingError::Trainer(format!("checkpoint file: {e}")))?;
+            checkpoint.save(file.path())?;
+            keep(epoch, file.path())?;
         }
     }
 
@@ -165,30 +218,6 @@ fn freeze(vs: &nn::VarStore, parts: &[String]) -> Result<(), TrainingError> {
     Ok(())
 }
 
-fn build_optimizer(vs: &nn::VarStore, spec: &TrainerSpec) -> Result<nn::Optimizer, TrainingError> {
-    let opt = match spec.optimizer {
-        OptimizerKind::Adam => nn::Adam {
-            wd: spec.weight_decay,
-            amsgrad: spec.amsgrad,
-            ..Default::default()
-        }
-        .build(vs, spec.lr)?,
-        OptimizerKind::Sgd => nn::Sgd {
-            momentum: spec.momentum,
-            wd: spec.weight_decay,
-            ..Default::default()
-        }
-        .build(vs, spec.lr)?,
-        OptimizerKind::RmsProp => nn::RmsProp {
-            momentum: spec.momentum,
-            wd: spec.weight_decay,
-            ..Default::default()
-        }
-        .build(vs, spec.lr)?,
-    };
-    Ok(opt)
-}
-
 /// MultiStepLR, or ReduceLROnPlateau on the dev loss when `adaptive_lr` is set.
 struct Schedule {
     lr: f64,
@@ -217,6 +246,21 @@ impl Schedule {
             decay: spec.lr_decay,
             milestones: spec.lr_milestones.clone(),
             plateau,
+        }
+    }
+
+    fn state(&self) -> ScheduleState {
+        ScheduleState {
+            lr: self.lr,
+            plateau: self.plateau.as_ref().map(|p| (p.best, p.bad_epochs)),
+        }
+    }
+
+    fn restore(&mut self, state: ScheduleState) {
+        self.lr = state.lr;
+        if let (Some(p), Some((best, bad_epochs))) = (&mut self.plateau, state.plateau) {
+            p.best = best;
+            p.bad_epochs = bad_epochs;
         }
     }
 
@@ -287,7 +331,7 @@ fn to_tensors(batch: &crate::data::Batch, side: i64, device: Device) -> (Tensor,
 fn train_epoch(
     input: &StageInput,
     model: &SmallCnn,
-    opt: &mut nn::Optimizer,
+    opt: &mut Optimizer,
     device: Device,
     epoch: usize,
 ) -> Result<Pass, TrainingError> {
@@ -437,6 +481,27 @@ fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
         .into_iter()
         .map(|(name, t)| (name, t.detach().copy()))
         .collect()
+}
+
+/// Set every variable from `saved`, which must hold each of them with its shape.
+fn restore_all(vs: &nn::VarStore, saved: &[(String, Tensor)]) -> Result<(), String> {
+    let saved: HashMap<&str, &Tensor> = saved.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            let t = saved
+                .get(name.as_str())
+                .ok_or_else(|| format!("the checkpoint lacks `{name}`"))?;
+            if t.size() != var.size() {
+                return Err(format!(
+                    "`{name}` has shape {:?} in the checkpoint, {:?} in the model",
+                    t.size(),
+                    var.size()
+                ));
+            }
+            var.copy_(t);
+        }
+        Ok(())
+    })
 }
 
 fn restore(vs: &nn::VarStore, weights: &HashMap<String, Tensor>) {
