@@ -99,6 +99,46 @@ pub struct RunOptions {
     pub wait: bool,
     /// Queue the stages that failed before again.
     pub retry_errors: bool,
+    /// Caps for trying a recipe quickly (`BT_SMOKE`); they enter every stage's key.
+    pub smoke: Option<Smoke>,
+}
+
+/// A smoke run: at most `epochs` epochs per stage and `batches` batches per pass over a
+/// split. Its caps enter the stage keys and the provenance, so its results never pass for
+/// those of the full recipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Smoke {
+    pub epochs: usize,
+    pub batches: usize,
+}
+
+impl Smoke {
+    /// `BT_SMOKE`: unset, empty or `0` for a full run; `1` for one epoch of 10 batches;
+    /// `E,B` for `E` epochs of `B` batches.
+    pub fn from_env() -> Result<Option<Smoke>, RunError> {
+        let text = std::env::var("BT_SMOKE").unwrap_or_default();
+        let bad = || {
+            RunError::Plan(format!(
+                "`BT_SMOKE={text}` is not `1` (one epoch of 10 batches) or `EPOCHS,BATCHES` \
+                 (two whole numbers from 1)"
+            ))
+        };
+        match text.trim() {
+            "" | "0" => Ok(None),
+            "1" => Ok(Some(Smoke {
+                epochs: 1,
+                batches: 10,
+            })),
+            caps => {
+                let (e, b) = caps.split_once(',').ok_or_else(bad)?;
+                let number = |t: &str| t.trim().parse::<usize>().ok().filter(|n| *n > 0);
+                Ok(Some(Smoke {
+                    epochs: number(e).ok_or_else(bad)?,
+                    batches: number(b).ok_or_else(bad)?,
+                }))
+            }
+        }
+    }
 }
 
 /// The lease of a claim: `BT_LEASE_SECONDS`, default 60.
@@ -193,13 +233,28 @@ impl Plan {
         Ok(Plan { chains })
     }
 
+    /// The plan a smoke run stores: every chain's name marked ` [smoke]`, so its stages
+    /// are never listed as the chain's own.
+    fn for_smoke(&self, smoke: Option<Smoke>) -> std::borrow::Cow<'_, Plan> {
+        match smoke {
+            None => std::borrow::Cow::Borrowed(self),
+            Some(_) => {
+                let mut plan = self.clone();
+                for chain in &mut plan.chains {
+                    chain.name.push_str(" [smoke]");
+                }
+                std::borrow::Cow::Owned(plan)
+            }
+        }
+    }
+
     /// Each stage with its key and its parent's key, in chain order.
-    fn keyed(&self) -> Vec<Keyed<'_>> {
+    fn keyed(&self, smoke: Option<Smoke>) -> Vec<Keyed<'_>> {
         let mut out = Vec::new();
         for chain in &self.chains {
             let mut parent: Option<String> = None;
             for (i, stage) in chain.stages.iter().enumerate() {
-                let key = stage_key(stage, parent.as_deref());
+                let key = stage_key(stage, parent.as_deref(), smoke);
                 out.push((chain, i, stage, key.clone(), parent.replace(key)));
             }
         }
@@ -269,13 +324,14 @@ fn chain_from_value(value: &Value) -> Result<Chain, RunError> {
     })
 }
 
-/// The key of a stage: its configs' keys, its seed and its parent stage's key.
-pub fn stage_key(stage: &Stage, parent: Option<&str>) -> String {
+/// The key of a stage: its configs' keys, its seed and its parent stage's key, and the
+/// caps of a smoke run.
+pub fn stage_key(stage: &Stage, parent: Option<&str>, smoke: Option<Smoke>) -> String {
     let pair = |c: &FnConfig| {
         let (f, h) = c.key();
         Value::List(vec![Value::Str(f), Value::Str(h)])
     };
-    Value::dict([
+    let mut key = Value::dict([
         ("dataset", pair(&stage.dataset)),
         ("model", pair(&stage.model)),
         ("trainer", pair(&stage.trainer)),
@@ -284,8 +340,12 @@ pub fn stage_key(stage: &Stage, parent: Option<&str>) -> String {
             "parent",
             parent.map_or(Value::None, |p| Value::Str(p.to_string())),
         ),
-    ])
-    .hash()
+    ]);
+    if let (Some(smoke), Value::Dict(entries)) = (smoke, &mut key) {
+        let caps = [smoke.epochs, smoke.batches].map(|n| Value::Int(n as i64));
+        entries.push((Value::Str("smoke".into()), Value::List(caps.to_vec())));
+    }
+    key.hash()
 }
 
 fn config_keys(stage: &Stage) -> ConfigKeys {
@@ -401,7 +461,8 @@ pub fn describe(
         None => HashMap::new(),
     };
     let mut cache = DataCache::new();
-    plan.keyed()
+    let plan = plan.for_smoke(options.smoke);
+    plan.keyed(options.smoke)
         .into_iter()
         .map(|(chain, i, stage, key, _)| {
             let done = match &store {
@@ -455,7 +516,19 @@ fn report(
 /// and train jobs until none is left that this worker can take.
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, RunError> {
     // 1. Check every stage before anything is written.
-    let keyed = plan.keyed();
+    let mut options = options.clone();
+    if let Some(smoke) = options.smoke {
+        options.provenance = with_smoke(&options.provenance, smoke)?;
+        log::warn!(
+            "smoke run: at most {} epochs of {} batches per stage; its results are kept \
+             under their own keys",
+            smoke.epochs,
+            smoke.batches
+        );
+    }
+    let options = &options;
+    let plan = plan.for_smoke(options.smoke);
+    let keyed = plan.keyed(options.smoke);
     let mut checked = Vec::with_capacity(keyed.len());
     let mut cache = DataCache::new();
     for (chain, i, stage, _, _) in &keyed {
@@ -530,6 +603,22 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Vec<StageReport>, RunErr
         );
     }
     Ok(reports)
+}
+
+/// The provenance JSON with the smoke caps added, so a smoke result says what it is.
+fn with_smoke(provenance: &str, smoke: Smoke) -> Result<String, RunError> {
+    let mut value: Json = serde_json::from_str(provenance)
+        .map_err(|e| RunError::Plan(format!("the provenance is not JSON: {e}")))?;
+    match &mut value {
+        Json::Object(map) => {
+            map.insert(
+                "smoke".into(),
+                json!({"epochs": smoke.epochs, "batches": smoke.batches}),
+            );
+        }
+        _ => return Err(RunError::Plan("the provenance is not a JSON object".into())),
+    }
+    Ok(value.to_string())
 }
 
 fn job_specs(keyed: &[Keyed<'_>]) -> Vec<JobSpec> {
@@ -833,10 +922,15 @@ fn train_one(
         stage.comment,
         stage.seed
     );
+    let mut trainer = parts.trainer.clone();
+    if let Some(smoke) = options.smoke {
+        trainer.num_epochs = trainer.num_epochs.min(smoke.epochs);
+    }
     let input = StageInput {
         dataset: &dataset,
         model: &parts.model,
-        trainer: &parts.trainer,
+        trainer: &trainer,
+        max_batches: options.smoke.map(|s| s.batches),
         seed: stage.seed as u64,
         init_weights: init.as_deref(),
         label: format!("[{} {}/{}]", chain.name, i + 1, chain.stages.len()),
@@ -972,10 +1066,14 @@ mod tests {
 
     #[test]
     fn stage_keys_depend_on_seed_and_parent() {
-        let a = stage_key(&stage(1), None);
-        assert_eq!(a, stage_key(&stage(1), None));
-        assert_ne!(a, stage_key(&stage(2), None));
-        assert_ne!(a, stage_key(&stage(1), Some("p")));
+        let a = stage_key(&stage(1), None, None);
+        assert_eq!(a, stage_key(&stage(1), None, None));
+        assert_ne!(a, stage_key(&stage(2), None, None));
+        assert_ne!(a, stage_key(&stage(1), Some("p"), None));
         assert_eq!(a.len(), 32);
+        let smoke = |epochs, batches| Some(Smoke { epochs, batches });
+        let b = stage_key(&stage(1), None, smoke(1, 10));
+        assert_ne!(a, b);
+        assert_ne!(b, stage_key(&stage(1), None, smoke(1, 11)));
     }
 }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import bias_transfer_rs
-from conftest import RECIPES, run_main
+from conftest import RECIPES, TINY, make_tiny_dataset, run_main, write_recipe
 
 EXAMPLE = "_2020_04_05_example"
 QUICK = "_2026_12_03_fashion_noise"
@@ -94,3 +97,30 @@ def test_empty_recipe_picks_the_first_folder(work_dir: Path):
     proc = run_main(["--dry-run"], work_dir)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"recipe {EXAMPLE}, experiment (all)")
+
+
+def test_console_script_has_the_options_of_main_py(tmp_path: Path):
+    script = Path(sys.executable).parent / "bias-transfer"
+    assert script.is_file(), "the wheel installs the `bias-transfer` console script"
+
+    def options(command: list[str]) -> tuple[str, set[str]]:
+        out = subprocess.run([*command, "--help"], capture_output=True, text=True,
+                             check=True).stdout
+        return out.split()[1], set(re.findall(r"--[a-z][a-z-]+", out))
+
+    main_prog, main_options = options([sys.executable, str(RECIPES / "main.py")])
+    script_prog, script_options = options([str(script)])
+    assert (main_prog, script_prog) == ("main.py", "bias-transfer")
+    assert script_options == main_options
+    assert {"--recipe", "--experiment", "--schema", "--dry-run", "--smoke", "--status",
+            "--orphans", "--wait", "--retry-errors"} <= script_options
+    # Without --recipes-dir it works on the recipes repository it is started in.
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, make_tiny_dataset(tmp_path / "data"))
+    proc = subprocess.run([str(script), "--dev-mode", "--recipe", TINY, "--experiment", "tiny",
+                           "--dry-run"],
+                          cwd=recipes, capture_output=True, text=True,
+                          env={**os.environ, "BT_WORK_DIR": str(tmp_path / "work"),
+                               "BT_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "Noisy -> Transfer" in proc.stdout and f"recipe {TINY}" in proc.stdout

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 
 import pytest
@@ -92,6 +95,17 @@ class TestHashes:
         assert len({h(1), h(1.0), h("1"), h(True)}) == 4
         assert h((1, 2)) == h([1, 2])
         assert h({"a": 1, "b": 2}) == h({"b": 2, "a": 1})
+
+    def test_hashes_do_not_depend_on_the_interpreters_hash_seed(self):
+        """Python randomises `hash()` of strings per process; our hashes never use it."""
+        code = ("import bias_transfer_rs as b; c = {'noise_std': {0.08: 0.1, -1: 0.5}, "
+                "'names': ('a', 'b'), 'x': {'z': 1, 'y': 2}}; "
+                "print(b.config_hash(c), b.make_hash(c))")
+        seen = {subprocess.run([sys.executable, "-c", code], check=True, text=True,
+                               capture_output=True,
+                               env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+                for seed in ("0", "1", "4242", "random")}
+        assert len(seen) == 1
 
     def test_noise_dict_keys_keep_their_types(self):
         spec = {0.08: 0.1, -1: 0.5, (0.1, 0.2): 0.4}

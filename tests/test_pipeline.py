@@ -139,3 +139,39 @@ def test_other_optimisers_train(tmp_path: Path, work_dir: Path, optimizer: str):
             "ON t.trainer_hash = c.hash WHERE t.comment = 'Noisy'").fetchone()
     assert bias_transfer_rs.decode(trainer)["optimizer"] == optimizer
     assert score > 90.0
+
+
+def test_smoke_runs_are_capped_and_kept_apart(tiny, work_dir: Path):
+    recipes = tiny(True)
+    args = ["--recipe", RECIPE, "--experiment", "tiny"]
+    smoke = run_main([*args, "--smoke"], work_dir, recipes)
+    assert smoke.returncode == 0, smoke.stderr
+    assert "smoke run: at most 1 epochs of 10 batches per stage" in smoke.stderr
+    assert "Noisy -> Transfer [smoke] 1/2] epoch 1/1" in smoke.stderr
+    db = work_dir / "db" / "bias_transfer_2026_01_01_tiny.sqlite"
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT key, output, provenance FROM trained_model").fetchall()
+        chains = {c for (c,) in con.execute("SELECT DISTINCT chain FROM chain_stage")}
+    assert chains == {"Noisy -> Transfer [smoke]", "Noisy [smoke]"}
+    assert len(rows) == 2
+    for _, output, provenance in rows:
+        assert json.loads(provenance)["smoke"] == {"epochs": 1, "batches": 10}
+        assert len(json.loads(output)[0]) == 1  # one epoch of the two configured
+    smoke_keys = {key for key, _, _ in rows}
+
+    # The full recipe trains every stage anew, under its own keys and chain names.
+    full = run_main(args, work_dir, recipes)
+    assert full.returncode == 0, full.stderr
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT key, provenance FROM trained_model").fetchall()
+        stages = con.execute("SELECT chain, key FROM chain_stage").fetchall()
+    real = {key for key, p in rows if "smoke" not in json.loads(p)}
+    assert len(real) == 2 and not real & smoke_keys
+    assert {k for c, k in stages if not c.endswith("[smoke]")} == real
+    # Other caps, and caps that are not numbers.
+    capped = run_main(args, work_dir, recipes, BT_SMOKE="2,3")
+    assert capped.returncode == 0, capped.stderr
+    assert "at most 2 epochs of 3 batches" in capped.stderr
+    bad = run_main(args, work_dir, recipes, BT_SMOKE="fast")
+    assert bad.returncode == 2
+    assert "`BT_SMOKE=fast` is not `1`" in bad.stderr

@@ -26,7 +26,6 @@ from bias_transfer_rs.store import Results, default_work_dir, format_status
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="main.py",
         description="Run the experiments of a recipe: store configs, train every chain "
         "stage in order, store scores and weights.",
     )
@@ -42,6 +41,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="use the installed code and the repositories' working trees as "
                         "they are instead of the pinned commits; records their HEADs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--smoke", action="store_true",
+                        help="try the recipe quickly: one epoch of 10 batches per stage "
+                        "(`BT_SMOKE=EPOCHS,BATCHES` sets other caps); the results are "
+                        "stored under their own keys and marked as smoke runs")
     parser.add_argument("--wait", action="store_true",
                         help="when nothing is left to claim, wait for stages running on other "
                         "workers (and the stages after them) instead of exiting")
@@ -148,6 +151,8 @@ def _pin(args: argparse.Namespace, recipe: Recipe) -> tuple[Pinning, dict[str, A
 
 def run(args: argparse.Namespace, recipes_dir: Path, argv: list[str] | None = None) -> int:
     # 1. Find the recipe; pin its code, continuing in the pinned environment if need be.
+    if args.smoke and not os.environ.get("BT_SMOKE"):
+        os.environ["BT_SMOKE"] = "1"
     recipe = find_recipe(recipes_dir, args.recipe)
     schema = args.schema or recipe.default_schema()
     _core.validate_schema(schema)

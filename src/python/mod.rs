@@ -209,6 +209,7 @@ fn plan_and_options(
             lease: runner::lease_from_env().map_err(run_error)?,
             wait: false,
             retry_errors: false,
+            smoke: runner::Smoke::from_env().map_err(run_error)?,
         },
     ))
 }

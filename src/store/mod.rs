@@ -1005,6 +1005,102 @@ mod tests {
     }
 
     #[test]
+    fn claims_follow_parents_and_a_taken_over_claim_cannot_write() {
+        use std::time::Duration;
+        on_each_backend("jobs", |target, dir, schema| {
+            let store = open(target, dir, schema);
+            store
+                .register(&fabrikant(), &[1], &config_rows(), &[])
+                .unwrap();
+            let job = |key: &str, parent: Option<&str>, stage| JobSpec {
+                key: key.into(),
+                parent_key: parent.map(Into::into),
+                chain: "A -> B".into(),
+                stage,
+                comment: String::new(),
+            };
+            store
+                .ensure_jobs(&[job("k0", None, 0), job("k1", Some("k0"), 1)])
+                .unwrap();
+            let keys = ["k0".to_string(), "k1".to_string()];
+            let (ada, bob) = (
+                Worker {
+                    host: "a".into(),
+                    pid: 1,
+                },
+                Worker {
+                    host: "b".into(),
+                    pid: 2,
+                },
+            );
+            let short = Duration::from_millis(1000);
+
+            // 1. Only the first stage is claimable; once claimed, nothing is.
+            let first = store.claim(&keys, &ada, short).unwrap().unwrap();
+            assert_eq!(
+                (first.key.as_str(), first.token, first.attempts),
+                ("k0", 1, 1)
+            );
+            assert_eq!(store.claim(&keys, &bob, short).unwrap(), None);
+
+            // 2. A heartbeat keeps the lease past its first expiry.
+            std::thread::sleep(Duration::from_millis(600));
+            assert!(store.heartbeat(&first, short).unwrap());
+            std::thread::sleep(Duration::from_millis(600));
+            assert_eq!(store.claim(&keys, &bob, short).unwrap(), None);
+
+            // 3. Expired, it is taken over: the first claim can no longer heartbeat,
+            //    checkpoint, fail or store.
+            std::thread::sleep(Duration::from_millis(1000));
+            let taken = store.claim(&keys, &bob, short).unwrap().unwrap();
+            assert_eq!(
+                (taken.key.as_str(), taken.token, taken.attempts),
+                ("k0", 2, 2)
+            );
+            let checkpoint = CheckpointRef {
+                uri: "local:c".into(),
+                sha256: "0".into(),
+                epoch: 1,
+            };
+            assert!(!store.heartbeat(&first, short).unwrap());
+            assert_eq!(store.set_checkpoint(&first, &checkpoint).unwrap(), None);
+            store.fail(&first, "stale", "", false).unwrap();
+            let fab = fabrikant();
+            assert!(!store
+                .complete(&first, &trained_row("k0", None), &fab, "{}")
+                .unwrap());
+            assert!(store.trained("k0").unwrap().is_none());
+
+            // 4. The current claim checkpoints and stores; the child becomes claimable and
+            //    sees no checkpoint of its own.
+            assert_eq!(
+                store.set_checkpoint(&taken, &checkpoint).unwrap(),
+                Some(None)
+            );
+            assert!(store
+                .complete(&taken, &trained_row("k0", None), &fab, "{}")
+                .unwrap());
+            let jobs = store.jobs().unwrap();
+            assert_eq!(jobs[0].state, "done");
+            assert_eq!(jobs[0].worker_host.as_deref(), Some("b"));
+            let child = store.claim(&keys, &ada, short).unwrap().unwrap();
+            assert_eq!((child.key.as_str(), child.checkpoint.clone()), ("k1", None));
+
+            // 5. A failure is kept until it is retried.
+            store.fail(&child, "boom", "trace", false).unwrap();
+            assert_eq!(store.claim(&keys, &bob, short).unwrap(), None);
+            let failed = &store.jobs().unwrap()[1];
+            assert_eq!(
+                (failed.state.as_str(), failed.error_message.as_deref()),
+                ("error", Some("boom"))
+            );
+            assert_eq!(store.retry_errors(&keys).unwrap(), 1);
+            let again = store.claim(&keys, &bob, short).unwrap().unwrap();
+            assert_eq!((again.key.as_str(), again.attempts), ("k1", 2));
+        });
+    }
+
+    #[test]
     fn trained_models_are_found_by_unique_key_prefix() {
         on_each_backend("prefix", |target, dir, schema| {
             let store = open(target, dir, schema);

@@ -25,6 +25,8 @@ pub struct StageInput<'a> {
     pub dataset: &'a Dataset,
     pub model: &'a ModelSpec,
     pub trainer: &'a TrainerSpec,
+    /// At most this many batches per pass over a split (smoke runs).
+    pub max_batches: Option<usize>,
     pub seed: u64,
     /// Weights of the previous stage of the chain, if any.
     pub init_weights: Option<&'a Path>,
@@ -342,6 +344,8 @@ fn train_epoch(
         .wrapping_add(epoch as u64);
     let mut order = data.train_indices.clone();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
+    let cap = input.max_batches.unwrap_or(usize::MAX);
+    order.truncate(cap.saturating_mul(data.spec.batch_size));
     let batches = order.len().div_ceil(data.spec.batch_size) as u64;
     // One seed for the batch threads (CPU) and the device path (CUDA): the same noise.
     let noise_seed = epoch_seed ^ 0x5eed;
@@ -433,14 +437,21 @@ fn evaluate(
     noise: Option<&NoiseSpec>,
 ) -> Result<Pass, TrainingError> {
     let data = input.dataset;
-    let (split, order) = match which {
+    let (split, mut order): (_, Vec<usize>) = match which {
         Which::Valid => (&data.train, data.valid_indices.clone()),
         Which::Test => (&data.test, (0..data.test.images.count).collect()),
     };
+    let batch_size = data.spec.batch_size.max(256);
+    order.truncate(
+        input
+            .max_batches
+            .unwrap_or(usize::MAX)
+            .saturating_mul(batch_size),
+    );
     let stream = BatchStream::start(StreamPlan {
         split: (split.images.clone(), split.labels.clone()),
         order,
-        batch_size: data.spec.batch_size.max(256),
+        batch_size,
         norm: data.spec.normalization(),
         noise: noise.cloned().filter(|_| !device.is_cuda()),
         noise_seed: input.seed,
