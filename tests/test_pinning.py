@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import bias_transfer_rs
 from bias_transfer_rs import _core
@@ -177,9 +180,21 @@ def test_cache_hit_is_fast_and_parallel_workers_share_one_checkout(repos, recipe
         print(env)
         """)
     env = {**os.environ, "BT_CACHE_DIR": str(cache), "BT_SRC_DIR": str(repos["src"])}
+    # Both workers start while the checkout's lock is held elsewhere, so they wait on it
+    # together and race for it when it is released.
+    lock = cache / "checkouts" / "mylib" / f"{repos['one']}.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+         str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     workers = [subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                for _ in range(2)]
+    time.sleep(3)
+    assert all(w.poll() is None for w in workers), "the workers did not wait for the lock"
+    holder.communicate("")
     results = [w.communicate(timeout=600) for w in workers]
     assert all(w.returncode == 0 for w in workers), results
     first = [json.loads(out) for out, _ in results]
@@ -222,6 +237,7 @@ def test_provenance_rows_match_the_pins(repos, recipes: Path, tmp_path: Path):
                                            "dirty": False}
         assert p["environment"].startswith(_core.commit_set_key(json.dumps(p["pins"])) + "-")
         assert p["bias_transfer_rs"] == bias_transfer_rs.__version__
+        assert (p["python"], p["torch"]) == (platform.python_version(), torch.__version__)
     assert rows[0]["comment"].startswith("Noisy one") or rows[-1]["comment"] == "Transfer"
 
 
@@ -327,3 +343,75 @@ def test_a_recipe_that_exits_while_imported_is_an_error(recipes: Path, tmp_path:
                     recipes)
     assert proc.returncode == 2
     assert "importing `_2026_01_01_tiny.tiny`" in proc.stderr and "SystemExit: 3" in proc.stderr
+
+
+def test_a_recipes_own_mapping_wins_over_the_repositorys(repos, recipes: Path, tmp_path: Path):
+    set_pins(recipes, {"default": {"mylib": repos["one"]}},
+             mapping={"mylib": "no-such-folder"})
+    elsewhere = tmp_path / "elsewhere"
+    subprocess.run(["git", "clone", "-q", str(repos["mylib"]), str(elsewhere)], check=True)
+    (recipes / TINY / "__repos.json").write_text(json.dumps(
+        {"mylib": os.path.relpath(elsewhere, recipes / TINY)}))
+    proc = pinned(["--dry-run"], tmp_path, recipes, repos["src"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Noisy one" in proc.stdout
+    assert f"found in `{elsewhere}`" in proc.stdout
+
+
+def test_a_commit_missing_from_the_local_clone_is_fetched_into_a_mirror(
+        repos, recipes: Path, tmp_path: Path):
+    # `src/mylib` is a clone that lags behind its origin by one commit.
+    origin = repos["mylib"]
+    clone = tmp_path / "src-clone" / "mylib"
+    subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+    newer = commit(origin, {"mylib/__init__.py": "def answer():\n    return 'newer'\n"},
+                   "newer")
+    assert subprocess.run(["git", "-C", str(clone), "cat-file", "-e", newer],
+                          capture_output=True).returncode != 0
+    set_pins(recipes, {"default": {"mylib": newer}})
+    proc = pinned(["--dry-run"], tmp_path, recipes, clone.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Noisy newer" in proc.stdout
+    mirrors = [p for p in (tmp_path / "cache" / "mirrors").iterdir() if p.is_dir()]
+    assert len(mirrors) == 1
+    assert git(mirrors[0], "cat-file", "-t", newer) == "commit"
+    # The clone itself is left as it was.
+    assert subprocess.run(["git", "-C", str(clone), "cat-file", "-e", newer],
+                          capture_output=True).returncode != 0
+
+
+def test_a_repo_pinned_nowhere_names_repo_block_and_file(repos, recipes: Path, tmp_path: Path):
+    set_pins(recipes, {"default": {"plainlib": repos["plain_one"]}, "tiny": {"mylib": ""}})
+    proc = pinned(["--dry-run"], tmp_path, recipes, repos["src"])
+    assert proc.returncode == 2
+    commits = recipes / TINY / "__commits.json"
+    assert f"`{commits}`: repo `mylib` is pinned neither in block `tiny` nor in `default`" \
+        in proc.stderr, proc.stderr
+
+
+def test_a_branch_pin_warns_that_it_can_move(repos, recipes: Path, tmp_path: Path):
+    set_pins(recipes, {"default": {"mylib": "moving"}})
+    proc = pinned(["--dry-run"], tmp_path, recipes, repos["src"])
+    assert proc.returncode == 0, proc.stderr
+    assert "`mylib` is pinned to the branch `moving` (in `default`), which can move" \
+        in proc.stdout
+
+
+def test_a_held_lock_times_out_as_an_error(repos, recipes: Path, tmp_path: Path):
+    set_pins(recipes, {"default": {"mylib": repos["one"]}})
+    lock = tmp_path / "cache" / "checkouts" / "mylib" / f"{repos['one']}.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+         "f.write('4242'); f.flush(); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True);"
+         " time.sleep(60)", str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        proc = pinned(["--dry-run"], tmp_path, recipes, repos["src"], BT_LOCK_TIMEOUT="1")
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert proc.returncode == 2
+    assert "timed out after 1 s waiting for the lock on" in proc.stderr, proc.stderr
+    assert "held by pid 4242" in proc.stderr and "raise `BT_LOCK_TIMEOUT`" in proc.stderr
+    assert not (lock.parent / repos["one"]).exists()

@@ -133,6 +133,24 @@ def test_a_second_run_on_a_server_trains_nothing(runs, tmp_path):
     assert f"database postgres://{host.username}@{host.hostname}:" in proc.stdout
 
 
+def test_the_original_dj_settings_reach_mysql_and_database_url_wins(runs):
+    recipes = runs["mysql"].parent / "recipes"
+    args = ["--recipe", TINY, "--experiment", "tiny", "--schema", SCHEMA]
+    url = urlsplit(MYSQL)
+    dj = {"DATABASE_URL": "", "DJ_HOST": f"{url.hostname}:{url.port or 3306}",
+          "DJ_USER": url.username or "root", "DJ_PASS": url.password or ""}
+    proc = run_main(args, runs["mysql"], recipes, **dj)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to train: all 3 stages were trained before" in proc.stdout
+    assert f"database mysql://{dj['DJ_USER']}@{url.hostname}:" in proc.stdout
+    # With both set, DATABASE_URL decides: the PostgreSQL schema, also trained.
+    proc = run_main(args, runs["postgres"], recipes,
+                    **{**dj, "DATABASE_URL": POSTGRES, "DJ_HOST": "192.0.2.1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to train: all 3 stages were trained before" in proc.stdout
+    assert "database postgres://" in proc.stdout
+
+
 def test_notebook_api_and_models_on_a_server(runs, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", MYSQL)
     frame = bias_transfer_rs.trained_models(SCHEMA, runs["mysql"])

@@ -1101,6 +1101,44 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_left_by_migration_2_is_upgraded_with_its_rows_kept() {
+        on_each_backend("upgrade", |target, dir, schema| {
+            let store = open(target, dir, schema);
+            store
+                .register(&fabrikant(), &[1], &config_rows(), &[])
+                .unwrap();
+            let fab = fabrikant();
+            assert!(store
+                .insert_trained(&trained_row("k0", None), &fab, "{}")
+                .unwrap());
+            // Back to what migration 2 left behind.
+            on_pool!(store, pool => async {
+                sqlx::query("DROP TABLE job").execute(pool).await?;
+                sqlx::query("DELETE FROM bt_migrations WHERE version = 3")
+                    .execute(pool)
+                    .await?;
+                Ok::<_, sqlx::Error>(())
+            })
+            .unwrap();
+            assert_eq!(store.schema_version().unwrap(), 2);
+            drop(store);
+
+            let store = open(target, dir, schema);
+            assert_eq!(store.schema_version().unwrap(), 3, "{target:?}");
+            assert!(store.trained("k0").unwrap().is_some());
+            let job = JobSpec {
+                key: "k0".into(),
+                parent_key: None,
+                chain: "A".into(),
+                stage: 0,
+                comment: String::new(),
+            };
+            store.ensure_jobs(&[job]).unwrap();
+            assert_eq!(store.jobs().unwrap()[0].state, "done");
+        });
+    }
+
+    #[test]
     fn trained_models_are_found_by_unique_key_prefix() {
         on_each_backend("prefix", |target, dir, schema| {
             let store = open(target, dir, schema);
