@@ -172,6 +172,9 @@ def test_smoke_runs_are_capped_and_kept_apart(tiny, work_dir: Path):
     capped = run_main(args, work_dir, recipes, BT_SMOKE="2,3")
     assert capped.returncode == 0, capped.stderr
     assert "at most 2 epochs of 3 batches" in capped.stderr
+    # --smoke wins over a BT_SMOKE that says "off".
+    off = run_main([*args, "--smoke", "--dry-run"], work_dir, recipes, BT_SMOKE="0")
+    assert off.returncode == 0 and "Noisy -> Transfer [smoke]" in off.stdout, off.stderr
     bad = run_main(args, work_dir, recipes, BT_SMOKE="fast")
     assert bad.returncode == 2
     assert "`BT_SMOKE=fast` is not `1`" in bad.stderr

@@ -165,6 +165,7 @@ def test_an_unreachable_endpoint_is_named_without_the_secret(tmp_path):
 @pytest.mark.parametrize(("change", "message"), [
     ({"MINIO_SECRET_KEY": ""}, "but `MINIO_SECRET_KEY` is not"),
     ({"MINIO_ENDPOINT": "ftp://127.0.0.1"}, "`MINIO_ENDPOINT=ftp://127.0.0.1` is not a host"),
+    ({"BT_S3_PREFIX": "lab/../x"}, "`BT_S3_PREFIX=lab/../x` has a `.` or `..` segment"),
 ])
 def test_incomplete_settings_are_named(tmp_path, change, message):
     recipes, work = tmp_path / "recipes", tmp_path / "work"

@@ -187,12 +187,18 @@ def test_errors_are_stored_shown_and_retried(tmp_path, monkeypatch):
         shown = run_main(["--recipe", MANY, "--schema", SCHEMA, "--status"], work, recipes,
                          DATABASE_URL=MYSQL)
         assert "jobs: 0 pending, 0 running, 1 done, 1 error" in shown.stdout
+        missing = run_main(["--recipe", MANY, "--schema", "bt_no_such_schema", "--status"],
+                           work, recipes, DATABASE_URL=MYSQL)
+        assert missing.returncode == 2
+        assert "bt_no_such_schema" in missing.stderr
         assert "  error    chain stage 1 (" in shown.stdout
 
         # Without --retry-errors the failed stage stays failed; with it, it trains.
         again = run_main(args, work, recipes, DATABASE_URL=MYSQL)
         assert again.returncode == 0, again.stderr
-        assert again.stdout.rstrip().splitlines()[-1].split()[-1] != "trained"
+        assert "1 stages failed (`--status` shows why); `--retry-errors` runs them again" \
+            in again.stdout
+        assert "nothing to train" not in again.stdout
         weights.write_bytes(good)
         retried = run_main([*args, "--retry-errors"], work, recipes, DATABASE_URL=MYSQL)
         assert retried.returncode == 0, retried.stderr

@@ -151,7 +151,7 @@ def _pin(args: argparse.Namespace, recipe: Recipe) -> tuple[Pinning, dict[str, A
 
 def run(args: argparse.Namespace, recipes_dir: Path, argv: list[str] | None = None) -> int:
     # 1. Find the recipe; pin its code, continuing in the pinned environment if need be.
-    if args.smoke and not os.environ.get("BT_SMOKE"):
+    if args.smoke and os.environ.get("BT_SMOKE", "").strip() in ("", "0"):
         os.environ["BT_SMOKE"] = "1"
     recipe = find_recipe(recipes_dir, args.recipe)
     schema = args.schema or recipe.default_schema()
@@ -200,10 +200,19 @@ def run(args: argparse.Namespace, recipes_dir: Path, argv: list[str] | None = No
     provenance = _provenance(recipe, args.experiment, pinning, recipes_state)
     reports = json.loads(_core.run_plan(plan, work_dir, schema, data_dir, args.quiet,
                                         json.dumps(provenance), args.wait, args.retry_errors))
-    trained = sum(r["status"] == "trained" for r in reports)
-    if trained == 0:
+    counts = {status: sum(r["status"] == status for r in reports)
+              for status in ("trained", "done", "running", "error", "new")}
+    if counts["done"] == len(reports):
         print(f"nothing to train: all {len(reports)} stages were trained before")
     print(_summary_table(reports))
+    if counts["running"]:
+        print(f"{counts['running']} stages are running on other workers; `--wait` stays "
+              "until they and the stages after them are done")
+    if counts["new"]:
+        print(f"{counts['new']} stages wait for an earlier stage of their chain")
+    if counts["error"]:
+        print(f"{counts['error']} stages failed (`--status` shows why); `--retry-errors` "
+              "runs them again")
     return 0
 
 

@@ -147,7 +147,8 @@ class Results:
         """Every job (one per chain stage registered): `key`, `chain`, `stage`, `comment`,
         `state` (`pending`, `running`, `done` or `error`), `attempts`, `worker_host`,
         `worker_pid`, `lease_expires`, `started_at`, `finished_at` (seconds since the
-        epoch), `error_message` and `error_traceback`."""
+        epoch), `error_message` and `error_traceback`. Raises `StoreError` when the schema
+        does not exist."""
         return list(json.loads(_core.jobs(self.work_dir, self.schema)))
 
     def status(self) -> dict[str, Any]:

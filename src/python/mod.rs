@@ -295,13 +295,15 @@ fn database(work_dir: PathBuf, schema: &str) -> PyResult<String> {
 }
 
 /// Every job of a schema as a JSON list (state, attempts, worker, lease, times in seconds
-/// since the epoch, error); an empty list when the schema has no jobs yet.
+/// since the epoch, error); an empty list when the schema has no jobs yet, `StoreError`
+/// when it does not exist.
 #[pyfunction]
 fn jobs(py: Python<'_>, work_dir: PathBuf, schema: &str) -> PyResult<String> {
     let rows = py.allow_threads(
         || match crate::store::Store::open_existing(&work_dir, schema)? {
             Some(store) if store.schema_version()? >= 3 => store.jobs(),
-            _ => Ok(Vec::new()),
+            Some(_) => Ok(Vec::new()),
+            None => Err(crate::store::missing_schema(&work_dir, schema)),
         },
     );
     let rows = rows.map_err(|e| StoreError::new_err(e.to_string()))?;

@@ -85,6 +85,11 @@ impl S3Artifacts {
         );
         let bucket = setting("BT_S3_BUCKET").unwrap_or_else(|| "bias-transfer".to_string());
         let prefix = match setting("BT_S3_PREFIX") {
+            Some(p) if p.split('/').any(|part| part == "." || part == "..") => {
+                return Err(StoreError::Config(format!(
+                    "`BT_S3_PREFIX={p}` has a `.` or `..` segment; name plain folders"
+                )))
+            }
             Some(p) => format!("{}/{schema}/", p.trim_matches('/')),
             None => format!("{schema}/"),
         };
