@@ -742,8 +742,11 @@ impl Job<'_> {
                     self.fabrikant,
                     &self.options.provenance,
                 )? {
+                    // The stage is stored: a checkpoint left behind is only an orphan.
                     if let Some(uri) = checkpoint {
-                        self.artifacts.remove(&uri)?;
+                        if let Err(e) = self.artifacts.remove(&uri) {
+                            log::warn!("the finished stage's checkpoint stays: {e}");
+                        }
                     }
                     return Ok(true);
                 }

@@ -121,9 +121,14 @@ def test_ctrl_c_stops_training_and_stores_nothing_of_the_stage(tmp_path: Path, w
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted: the stage in progress was not stored" in err
-    assert table_counts(work_dir / "db" / "bias_transfer_2026_01_01_tiny.sqlite")[
-        "trained_model"] == 0
+    assert "interrupted: the stage in progress was not stored (the next run resumes it" in err
+    db = work_dir / "db" / "bias_transfer_2026_01_01_tiny.sqlite"
+    assert table_counts(db)["trained_model"] == 0
+    # The job went back to the queue with the checkpoint of an epoch it finished.
+    with sqlite3.connect(db) as con:
+        ((state, epoch),) = con.execute(
+            "SELECT state, checkpoint_epoch FROM job WHERE stage = 0").fetchall()[:1]
+    assert state == "pending" and epoch >= 1
 
 
 @pytest.mark.parametrize("optimizer", ["SGD", "RMSprop"])

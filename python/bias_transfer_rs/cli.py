@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None, recipes_dir: Path | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the stage in progress was not stored; finished stages were",
-              file=sys.stderr)
+        print("interrupted: the stage in progress was not stored (the next run resumes it "
+              "from its last epoch's checkpoint); finished stages were", file=sys.stderr)
         return 130
 
 
