@@ -383,14 +383,7 @@ fn check_stage(
         .map(|spec| load_data(spec, options, cache));
     match (dataset, model, trainer, data) {
         (Ok(dataset), Ok(model), Ok(trainer), Some(Ok(data))) => {
-            if model.num_classes != dataset.family.num_classes() {
-                return Err(vec![RunError::Training(TrainingError::Model(format!(
-                    "`num_classes={}`, but `{}` has {} classes",
-                    model.num_classes,
-                    dataset.family.name(),
-                    dataset.family.num_classes()
-                )))]);
-            }
+            fits(&dataset, &model).map_err(|e| vec![e])?;
             Ok(Checked {
                 dataset,
                 data,
@@ -410,22 +403,46 @@ fn check_stage(
     }
 }
 
+/// Check that the model fits the dataset: its classes, image size and channels.
+fn fits(dataset: &DatasetSpec, model: &ModelSpec) -> Result<(), RunError> {
+    let family = dataset.family;
+    let side = family.shape()[1] as i64;
+    let problem = if model.num_classes != family.num_classes() {
+        format!(
+            "`num_classes={}`, but `{}` has {} classes",
+            model.num_classes,
+            family.name(),
+            family.num_classes()
+        )
+    } else if model.input_size != side {
+        format!(
+            "`input_size={}`, but `{}` images are {side} px",
+            model.input_size,
+            family.name()
+        )
+    } else {
+        return Ok(dataset.check_channels(model.in_channels as usize)?);
+    };
+    Err(RunError::Training(TrainingError::Model(problem)))
+}
+
 fn load_data(
     spec: &DatasetSpec,
     options: &RunOptions,
     cache: &mut DataCache,
 ) -> Result<RawData, RunError> {
     let files = spec.locate(&options.work_dir, options.data_dir.as_deref())?;
-    let data = match cache.get(&files.train_images) {
+    let data = match cache.get(files.key()) {
         Some(data) => data.clone(),
         None => {
             let data = RawData::load(&files, spec.family)?;
-            cache.insert(files.train_images.clone(), data.clone());
+            cache.insert(files.key().to_path_buf(), data.clone());
             data
         }
     };
     spec.check_split(data.train.images.count)?;
-    Ok(data)
+    let corrupted = spec.locate_corrupted(&options.work_dir, options.data_dir.as_deref())?;
+    Ok(RawData { corrupted, ..data })
 }
 
 fn in_stage(chain: &Chain, i: usize, stage: &Stage) -> impl FnOnce(RunError) -> RunError {
@@ -916,7 +933,8 @@ fn train_one(
         }
         None => None,
     };
-    let dataset = Dataset::new(&parts.dataset, &parts.data, stage.seed as u64);
+    let channels = parts.model.in_channels as usize;
+    let dataset = Dataset::new(&parts.dataset, &parts.data, stage.seed as u64, channels);
     log::info!(
         "training `{}` stage {}/{} `{}` (seed {})",
         chain.name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import sqlite3
 import struct
 import subprocess
@@ -54,6 +55,56 @@ def make_tiny_dataset(folder: Path, n_train: int = 600, n_test: int = 200,
         write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
     return folder
+
+
+def cifar_images(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable uint8 CIFAR-shaped images `[n, 3, 32, 32]`: class k brightens one channel
+    in one of four bands."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 80, (n, 3, 32, 32)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        band = (k // 3) % 4 * 8
+        images[i, k % 3, band: band + 8, :] = 220
+    return images, labels
+
+
+def write_cifar(root: Path, n_train: int = 100, n_test: int = 40, hundred: bool = False,
+                binary: bool = False, protocol: int = 2, seed: int = 0
+                ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """CIFAR-10 (or -100) in the layout its official python or binary archive unpacks to;
+    python batches are pickled dicts of numpy arrays, with the byte-string keys of the
+    official Python 2 files under protocol 2. Returns the train and test arrays."""
+    classes = 100 if hundred else 10
+    train = cifar_images(n_train, classes, seed)
+    test = cifar_images(n_test, classes, seed + 1)
+    if hundred:
+        folder, parts = ("cifar-100-binary" if binary else "cifar-100-python"), ["train"]
+        test_name = "test"
+    else:
+        folder = "cifar-10-batches-bin" if binary else "cifar-10-batches-py"
+        parts, test_name = [f"data_batch_{i}" for i in range(1, 6)], "test_batch"
+    out = root / folder
+    out.mkdir(parents=True, exist_ok=True)
+    chunks = np.array_split(np.arange(n_train), len(parts))
+    files = [(name, train[0][idx], train[1][idx]) for name, idx in zip(parts, chunks,
+                                                                      strict=True)]
+    for name, images, labels in [*files, (test_name, *test)]:
+        if binary:
+            lead = [labels // 5, labels] if hundred else [labels]
+            records = np.concatenate([np.stack(lead, 1).astype(np.uint8),
+                                      images.reshape(len(labels), -1)], axis=1)
+            (out / f"{name}.bin").write_bytes(records.tobytes())
+            continue
+        key = (lambda k: k.encode()) if protocol == 2 else (lambda k: k)
+        label_key = "fine_labels" if hundred else "labels"
+        batch = {key("batch_label"): key(f"batch {name}"), key(label_key): labels.tolist(),
+                 key("data"): images.reshape(len(labels), 3072),
+                 key("filenames"): [key(f"img_{i}.png") for i in range(len(labels))]}
+        if hundred:
+            batch[key("coarse_labels")] = (labels // 5).tolist()
+        (out / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    return train, test
 
 
 def read_idx(path: Path) -> np.ndarray:

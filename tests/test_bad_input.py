@@ -33,6 +33,12 @@ def run_tiny(tmp_path: Path, replace: dict[str, str] | None = None, data: Path |
       "noise_std={(0.3, 0.1): 0.5, -1: 0.5}"}, "range `[0.3,0.1]` must have 0 <= a <= b"),
     ({"seed=7)\nsecond": "seed=7.5)\nsecond"}, "chain `Noisy -> Transfer` stage 0: seed `7.5`"),
     ({"batch_size=32,": "batch_size=2**70,"}, "integer `1180591620717411303424` does not fit"),
+    ({'cnn_builder="cnn"': 'cnn_builder="cnn", input_size=32'},
+     "`input_size=32`, but `FashionMNIST` images are 28 px"),
+    ({'cnn_builder="cnn"': 'cnn_builder="vgg", type="11"'},
+     "a VGG pools five times and takes a multiple of 32 px"),
+    ({"apply_data_normalization=False)": "apply_data_normalization=False, "
+      "add_corrupted_test=True)"}, "`FashionMNIST` has no corrupted test sets here"),
 ])
 def test_bad_configs_fail_before_anything_is_written(tmp_path, replace, message):
     proc, work = run_tiny(tmp_path, replace)
@@ -43,9 +49,9 @@ def test_bad_configs_fail_before_anything_is_written(tmp_path, replace, message)
 
 def test_every_problem_of_a_stage_is_listed(tmp_path):
     proc, _ = run_tiny(tmp_path, {"num_epochs=2, lr=1e-3": "num_epochs=2, lr=-1.0",
-                                   'cnn_builder="cnn"': 'cnn_builder="vgg"'})
+                                   'cnn_builder="cnn"': 'cnn_builder="capsule"'})
     assert proc.returncode == 2
-    assert "stage 0 (`Noisy`): model config: `cnn_builder` `vgg` is not available" in proc.stderr
+    assert "stage 0 (`Noisy`): model config: `cnn_builder` `capsule` is unknown" in proc.stderr
     assert "; trainer config: `lr=-1` is invalid" in proc.stderr
 
 
@@ -68,11 +74,11 @@ def corrupt(folder: Path, kind: str) -> None:
 
 @pytest.mark.parametrize("kind,message", [
     ("truncated", "train-images-idx3-ubyte.gz`: "),
-    ("small images", "600 images of 10x10 px, expected 28x28 images"),
+    ("small images", "600 images of 1x10x10, expected 1x28x28 images"),
     ("bad label", "t10k-labels-idx1-ubyte.gz`: corrupt: label 12 outside 0..10"),
     ("count mismatch", "150 labels for 600 images"),
     ("missing file", "lacks `t10k-labels-idx1-ubyte[.gz]`"),
-    ("no images", "0 images of 28x28 px"),
+    ("no images", "0 images of 1x28x28, expected 1x28x28"),
 ])
 def test_bad_data_fails_before_anything_is_written_and_shows_in_a_dry_run(tmp_path, kind,
                                                                            message):

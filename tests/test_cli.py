@@ -36,7 +36,10 @@ def test_example_dry_run_prints_pins_chains_and_hashes(work_dir: Path):
         for config in (exp.dataset, exp.model, exp.trainer):
             assert bias_transfer_rs.config_hash(config.to_dict())[:10] in line
         assert line.split()[-1] == "new"
-    assert "`dataset_cls` `CIFAR10` is not available in this build" in out
+    # The CIFAR-10 files are not on this machine: the dry run says where it looked and how
+    # to get them.
+    assert "dataset `CIFAR10`: files not found; looked in" in out
+    assert "python -m bias_transfer_rs.datasets CIFAR10 DIR" in out
     assert not work_dir.exists()
 
 

@@ -143,7 +143,7 @@ def test_loaded_model_matches_pytorch_and_the_stored_weights(trained: Path):
     model = results.load_model(key[:8])
     assert model.key == key and model.input_shape == (1, 28, 28)
     assert model.model_config["cnn_builder"] == "cnn"
-    assert model.normalization == (0.0, 1.0)  # the recipe turns normalisation off
+    assert model.normalization == ([0.0], [1.0])  # the recipe turns normalisation off
 
     path = trained / "artifacts" / SCHEMA / frame.weights_uri.iloc[0].removeprefix("local:")
     stored = safetensors_io.load(path)

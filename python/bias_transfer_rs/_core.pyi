@@ -25,8 +25,11 @@ __all__ = [
     "decode",
     "describe_plan",
     "export_commit",
+    "init_weights",
     "jobs",
+    "load_dataset",
     "load_trained",
+    "load_weights",
     "make_hash",
     "orphans",
     "prepare_environment",
@@ -127,7 +130,7 @@ class TrainedModel:
     @property
     def dataset_config(self) -> dict[str, Any]: ...
     @property
-    def normalization(self) -> tuple[float, float]: ...
+    def normalization(self) -> tuple[list[float], list[float]]: ...
     @property
     def input_shape(self) -> tuple[int, int, int]: ...
     def forward(
@@ -138,3 +141,19 @@ class TrainedModel:
 def load_trained(
     work_dir: str | PathLike[str], schema: str, key: str
 ) -> TrainedModel: ...
+def load_dataset(
+    dataset_config: dict[str, Any],
+    base: str | PathLike[str],
+    data_dir_override: str | PathLike[str] | None = None,
+) -> tuple[
+    tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]],
+    tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]],
+]: ...
+def load_weights(
+    model_config: dict[str, Any],
+    dataset_config: dict[str, Any],
+    weights: str | PathLike[str],
+) -> TrainedModel: ...
+def init_weights(
+    model_config: dict[str, Any], seed: int, path: str | PathLike[str]
+) -> None: ...

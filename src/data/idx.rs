@@ -3,16 +3,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use super::DataError;
-
-/// A stack of `u8` images as stored in an idx3 file.
-#[derive(Debug)]
-pub struct Images {
-    pub count: usize,
-    pub rows: usize,
-    pub cols: usize,
-    pub pixels: Vec<u8>,
-}
+use super::{DataError, Images};
 
 /// Read the whole file, inflating it when it starts with the gzip magic.
 fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
@@ -72,12 +63,13 @@ fn parse_header<'a>(
     Ok((shape, payload))
 }
 
-/// Read an idx3 image file.
+/// Read an idx3 image file: one channel per image.
 pub fn read_images(path: &Path) -> Result<Images, DataError> {
     let bytes = read_maybe_gzip(path)?;
     let (shape, payload) = parse_header(path, &bytes, 3)?;
     Ok(Images {
         count: shape[0],
+        channels: 1,
         rows: shape[1],
         cols: shape[2],
         pixels: payload.to_vec(),

@@ -1,7 +1,12 @@
 //! Datasets: locating and reading the files, splitting, and preparing batches on a
 //! background thread.
 
+pub mod augment;
+pub mod cifar;
+pub mod corrupted;
 pub mod idx;
+pub mod npy;
+pub mod pickle;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -11,6 +16,7 @@ use std::thread::JoinHandle;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::config::{ConfigError, Options, Value};
 use crate::noise::{Frame, Layout, NoiseSpec};
@@ -51,18 +57,32 @@ fn list(paths: &[PathBuf]) -> String {
 pub enum Family {
     Mnist,
     FashionMnist,
+    Cifar10,
+    Cifar100,
 }
 
 impl Family {
+    const ALL: [Family; 4] = [
+        Family::Mnist,
+        Family::FashionMnist,
+        Family::Cifar10,
+        Family::Cifar100,
+    ];
+
     fn parse(name: &str) -> Result<Family, DataError> {
-        match name {
-            "MNIST" => Ok(Family::Mnist),
-            "FashionMNIST" => Ok(Family::FashionMnist),
-            other => Err(DataError::Unsupported(format!(
-                "`dataset_cls` `{other}` is not available in this build; available: \
-                 `MNIST`, `FashionMNIST`"
-            ))),
-        }
+        Family::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = Family::ALL
+                    .iter()
+                    .map(|f| format!("`{}`", f.name()))
+                    .collect();
+                DataError::Unsupported(format!(
+                    "`dataset_cls` `{name}` is not available in this build; available: {}",
+                    names.join(", ")
+                ))
+            })
     }
 
     /// The `dataset_cls` name.
@@ -70,28 +90,52 @@ impl Family {
         match self {
             Family::Mnist => "MNIST",
             Family::FashionMnist => "FashionMNIST",
+            Family::Cifar10 => "CIFAR10",
+            Family::Cifar100 => "CIFAR100",
         }
     }
 
-    /// Mean and std of the training pixels, in [0, 1] units.
-    fn stats(self) -> (f32, f32) {
+    /// Channels, height and width of the images.
+    pub fn shape(self) -> [usize; 3] {
         match self {
-            Family::Mnist => (0.1307, 0.3081),
-            Family::FashionMnist => (0.2860, 0.3530),
+            Family::Mnist | Family::FashionMnist => [1, 28, 28],
+            Family::Cifar10 | Family::Cifar100 => [3, 32, 32],
         }
     }
 
-    /// Folders, relative to `data_dir`, where the idx files may lie.
+    /// Mean and std per channel of the training pixels, in [0, 1] units (the published
+    /// constants).
+    fn stats(self) -> (&'static [f32], &'static [f32]) {
+        match self {
+            Family::Mnist => (&[0.1307], &[0.3081]),
+            Family::FashionMnist => (&[0.2860], &[0.3530]),
+            Family::Cifar10 => (
+                &[0.491_399_68, 0.482_158_4, 0.446_530_9],
+                &[0.247_032_23, 0.243_485_13, 0.261_587_84],
+            ),
+            Family::Cifar100 => (
+                &[0.507_075_16, 0.486_548_87, 0.440_917_8],
+                &[0.267_334_3, 0.256_438_45, 0.276_150_5],
+            ),
+        }
+    }
+
+    /// Folders, relative to `data_dir`, where the files may lie.
     fn subdirs(self) -> [&'static str; 4] {
         match self {
             Family::Mnist => ["", "MNIST/raw", "MNIST", "mnist"],
             Family::FashionMnist => ["", "FashionMNIST/raw", "FashionMNIST", "fashion-mnist"],
+            Family::Cifar10 => ["", "CIFAR10", "cifar10", "cifar"],
+            Family::Cifar100 => ["", "CIFAR100", "cifar100", "cifar"],
         }
     }
 
     /// How many classes the labels name.
     pub fn num_classes(self) -> i64 {
-        10
+        match self {
+            Family::Cifar100 => 100,
+            _ => 10,
+        }
     }
 
     fn hint(self) -> &'static str {
@@ -99,13 +143,25 @@ impl Family {
             Family::FashionMnist => {
                 "on Debian, `apt-get install dataset-fashion-mnist` puts the files in \
                  `/usr/share/datasets/fashion-mnist`; or download the four idx `.gz` files \
-                 from https://github.com/zalandoresearch/fashion-mnist; then set `data_dir` \
-                 or `BT_DATA_DIR` to their folder"
+                 with `python -m bias_transfer_rs.datasets FashionMNIST DIR`; then set \
+                 `data_dir` or `BT_DATA_DIR` to their folder"
             }
             Family::Mnist => {
-                "download the four idx `.gz` files of MNIST (e.g. with \
-                 `torchvision.datasets.MNIST(root, download=True)`), then set `data_dir` or \
-                 `BT_DATA_DIR` to their folder"
+                "download the four idx `.gz` files of MNIST with `python -m \
+                 bias_transfer_rs.datasets MNIST DIR`, then set `data_dir` or `BT_DATA_DIR` \
+                 to that folder"
+            }
+            Family::Cifar10 => {
+                "download and unpack the python version with `python -m \
+                 bias_transfer_rs.datasets CIFAR10 DIR` (or unpack `cifar-10-python.tar.gz` \
+                 or `cifar-10-binary.tar.gz` there), then set `data_dir` or `BT_DATA_DIR` to \
+                 that folder"
+            }
+            Family::Cifar100 => {
+                "download and unpack the python version with `python -m \
+                 bias_transfer_rs.datasets CIFAR100 DIR` (or unpack `cifar-100-python.tar.gz` \
+                 or `cifar-100-binary.tar.gz` there), then set `data_dir` or `BT_DATA_DIR` to \
+                 that folder"
             }
         }
     }
@@ -134,6 +190,10 @@ pub struct DatasetSpec {
     pub valid_size: f64,
     pub shuffle: bool,
     pub normalize: bool,
+    /// Random crop, flip and rotation of training images.
+    pub augment: bool,
+    /// Also test on the corrupted test sets (`add_corrupted_test`).
+    pub corrupted_test: bool,
 }
 
 impl DatasetSpec {
@@ -141,18 +201,12 @@ impl DatasetSpec {
     pub fn from_config(config: &Value) -> Result<DatasetSpec, DataError> {
         let opts = Options::new(config);
         let family = Family::parse(&opts.str_or("dataset_cls", "CIFAR100")?)?;
-        if opts.bool_or("apply_data_augmentation", true)? {
-            return Err(DataError::Unsupported(format!(
-                "`apply_data_augmentation=True` is not available for `{}` in this build; \
-                 set it to False",
-                family.name()
-            )));
-        }
         let input_size = opts.usize_or("input_size", 32)?;
-        if input_size != 28 {
+        let side = family.shape()[1];
+        if input_size != side {
             return Err(DataError::Unsupported(format!(
-                "`input_size={input_size}`: `{}` images are 28 px and resizing is not \
-                 available in this build; set `input_size=28`",
+                "`input_size={input_size}`: `{}` images are {side} px and resizing is not \
+                 available in this build; set `input_size={side}`",
                 family.name()
             )));
         }
@@ -177,20 +231,40 @@ impl DatasetSpec {
             valid_size,
             shuffle: opts.bool_or("shuffle", true)?,
             normalize: opts.bool_or("apply_data_normalization", true)?,
+            augment: opts.bool_or("apply_data_augmentation", true)?,
+            corrupted_test: opts.bool_or("add_corrupted_test", false)?,
         })
     }
 
-    /// The normalisation applied to every batch.
-    pub fn normalization(&self) -> Normalization {
-        if self.normalize {
-            let (mean, std) = self.family.stats();
-            Normalization { mean, std }
-        } else {
-            Normalization {
-                mean: 0.0,
-                std: 1.0,
-            }
+    /// The normalisation of each of `channels` channels; a grayscale dataset shown to a
+    /// 3-channel model repeats its one channel.
+    pub fn normalization(&self, channels: usize) -> Vec<Normalization> {
+        let (means, stds) = self.family.stats();
+        (0..channels)
+            .map(|c| match self.normalize {
+                true => Normalization {
+                    mean: means[c % means.len()],
+                    std: stds[c % stds.len()],
+                },
+                false => Normalization {
+                    mean: 0.0,
+                    std: 1.0,
+                },
+            })
+            .collect()
+    }
+
+    /// Check that a model taking `channels` channels can be fed: the dataset's own count,
+    /// or 3 from grayscale.
+    pub fn check_channels(&self, channels: usize) -> Result<(), DataError> {
+        let own = self.family.shape()[0];
+        if channels == own || (own == 1 && channels == 3) {
+            return Ok(());
         }
+        Err(DataError::Unsupported(format!(
+            "`{}` has {own}-channel images, but the model takes {channels} channels",
+            self.family.name()
+        )))
     }
 
     /// Check that a training set of `n` images leaves both splits non-empty.
@@ -207,33 +281,17 @@ impl DatasetSpec {
         Ok(())
     }
 
-    /// Find the folder holding the four idx files.
+    /// Find the dataset's files.
     ///
     /// `override_dir` (from `BT_DATA_DIR`) replaces `data_dir`; a relative `data_dir` is
     /// taken relative to `base`.
     pub fn locate(&self, base: &Path, override_dir: Option<&Path>) -> Result<DataFiles, DataError> {
-        let root = match override_dir {
-            Some(dir) => dir.to_path_buf(),
-            None if self.data_dir.is_absolute() => self.data_dir.clone(),
-            None => base.join(&self.data_dir),
-        };
         let (mut looked, mut partial) = (Vec::new(), Vec::new());
-        for sub in self.family.subdirs() {
-            let dir = if sub.is_empty() {
-                root.clone()
-            } else {
-                root.join(sub)
-            };
-            match DataFiles::find_in(&dir) {
-                Ok(files) => return Ok(files),
-                Err(missing) if missing.len() < 4 => {
-                    let names = missing
-                        .iter()
-                        .map(|m| format!("`{m}[.gz]`"))
-                        .collect::<Vec<_>>();
-                    partial.push(format!("`{}` lacks {}", dir.display(), names.join(", ")));
-                }
-                Err(_) => {}
+        for dir in self.roots(base, override_dir) {
+            match self.find_in(&dir) {
+                Ok(Some(files)) => return Ok(files),
+                Ok(None) => {}
+                Err(lacking) => partial.push(lacking),
             }
             looked.push(dir);
         }
@@ -242,6 +300,17 @@ impl DatasetSpec {
         } else {
             format!(" ({})", partial.join("; "))
         };
+        let looked = match self.family {
+            Family::Cifar10 | Family::Cifar100 => {
+                let hundred = self.family == Family::Cifar100;
+                let folders = cifar::folder_names(hundred);
+                looked
+                    .iter()
+                    .flat_map(|dir| folders.iter().map(move |f| dir.join(f)))
+                    .collect()
+            }
+            _ => looked,
+        };
         Err(DataError::Missing {
             dataset: self.family.name().to_string(),
             looked,
@@ -249,20 +318,111 @@ impl DatasetSpec {
             hint: self.family.hint().to_string(),
         })
     }
+
+    /// The folders the files may be in: `data_dir` (or `override_dir`, from `BT_DATA_DIR`;
+    /// relative to `base`) and the family's usual subfolders of it.
+    fn roots(&self, base: &Path, override_dir: Option<&Path>) -> Vec<PathBuf> {
+        let root = match override_dir {
+            Some(dir) => dir.to_path_buf(),
+            None if self.data_dir.is_absolute() => self.data_dir.clone(),
+            None => base.join(&self.data_dir),
+        };
+        let subdirs = self.family.subdirs();
+        subdirs
+            .iter()
+            .map(|sub| match sub.is_empty() {
+                true => root.clone(),
+                false => root.join(sub),
+            })
+            .collect()
+    }
+
+    /// The corrupted test sets, when `add_corrupted_test` asks for them.
+    pub fn locate_corrupted(
+        &self,
+        base: &Path,
+        override_dir: Option<&Path>,
+    ) -> Result<Option<corrupted::Corrupted>, DataError> {
+        if !self.corrupted_test {
+            return Ok(None);
+        }
+        let Some(name) = corrupted::folder(self.family) else {
+            return Err(DataError::Unsupported(format!(
+                "`add_corrupted_test=True`: `{}` has no corrupted test sets here; they exist \
+                 for `CIFAR10` and `CIFAR100`",
+                self.family.name()
+            )));
+        };
+        let candidates: Vec<PathBuf> = self
+            .roots(base, override_dir)
+            .iter()
+            .map(|root| root.join(name))
+            .collect();
+        match candidates.iter().find(|dir| dir.is_dir()) {
+            Some(dir) => corrupted::Corrupted::open(dir, self.family).map(Some),
+            None => Err(DataError::Missing {
+                dataset: name.to_string(),
+                looked: candidates,
+                partial: String::new(),
+                hint: format!(
+                    "unpack `{name}.tar` (https://zenodo.org/records/2535967 for CIFAR-10-C, \
+                     https://zenodo.org/records/3555552 for CIFAR-100-C) in `data_dir`, or \
+                     set `add_corrupted_test=False`"
+                ),
+            }),
+        }
+    }
+
+    /// The files in `dir`: `Ok(None)` when there are none, `Err` saying what a partial set
+    /// lacks.
+    fn find_in(&self, dir: &Path) -> Result<Option<DataFiles>, String> {
+        match self.family {
+            Family::Mnist | Family::FashionMnist => match IdxFiles::find_in(dir) {
+                Ok(files) => Ok(Some(DataFiles::Idx(files))),
+                Err(missing) if missing.len() < 4 => {
+                    let names: Vec<String> =
+                        missing.iter().map(|m| format!("`{m}[.gz]`")).collect();
+                    Err(format!("`{}` lacks {}", dir.display(), names.join(", ")))
+                }
+                Err(_) => Ok(None),
+            },
+            Family::Cifar10 | Family::Cifar100 => {
+                let found = cifar::find_in(dir, self.family == Family::Cifar100)?;
+                Ok(found.map(DataFiles::Cifar))
+            }
+        }
+    }
+}
+
+/// Where a dataset's files are.
+#[derive(Clone, Debug)]
+pub enum DataFiles {
+    Idx(IdxFiles),
+    Cifar(cifar::CifarFiles),
+}
+
+impl DataFiles {
+    /// A path that tells this dataset's files apart from any other's.
+    pub fn key(&self) -> &Path {
+        match self {
+            DataFiles::Idx(files) => &files.train_images,
+            DataFiles::Cifar(files) => &files.test,
+        }
+    }
 }
 
 /// The four idx files of an MNIST-format dataset.
 #[derive(Clone, Debug)]
-pub struct DataFiles {
+pub struct IdxFiles {
     pub train_images: PathBuf,
     pub train_labels: PathBuf,
     pub test_images: PathBuf,
     pub test_labels: PathBuf,
 }
 
-impl DataFiles {
+impl IdxFiles {
     /// The files in `dir`, or the names of those missing there.
-    fn find_in(dir: &Path) -> Result<DataFiles, Vec<&'static str>> {
+    fn find_in(dir: &Path) -> Result<IdxFiles, Vec<&'static str>> {
         const STEMS: [&str; 4] = [
             "train-images-idx3-ubyte",
             "train-labels-idx1-ubyte",
@@ -279,7 +439,7 @@ impl DataFiles {
             })
             .collect();
         match found.as_slice() {
-            [Some(a), Some(b), Some(c), Some(d)] => Ok(DataFiles {
+            [Some(a), Some(b), Some(c), Some(d)] => Ok(IdxFiles {
                 train_images: a.clone(),
                 train_labels: b.clone(),
                 test_images: c.clone(),
@@ -295,15 +455,50 @@ impl DataFiles {
     }
 }
 
+/// A stack of `u8` images, each stored plane by plane (`[channels, rows, cols]`).
+#[derive(Debug)]
+pub struct Images {
+    pub count: usize,
+    pub channels: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl Images {
+    /// Pixels per image.
+    pub fn sample_len(&self) -> usize {
+        self.channels * self.rows * self.cols
+    }
+
+    /// `[channels, rows, cols]`.
+    pub fn shape(&self) -> [usize; 3] {
+        [self.channels, self.rows, self.cols]
+    }
+
+    /// The pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let len = self.sample_len();
+        &self.pixels[i * len..(i + 1) * len]
+    }
+}
+
 /// Images and labels held in memory, shared by the batch threads.
 #[derive(Clone, Debug)]
 pub struct Split {
-    pub images: Arc<idx::Images>,
+    pub images: Arc<Images>,
     pub labels: Arc<Vec<i64>>,
 }
 
 impl Split {
-    fn load(images: &Path, labels: &Path) -> Result<Split, DataError> {
+    fn new(images: Images, labels: Vec<i64>) -> Split {
+        Split {
+            images: Arc::new(images),
+            labels: Arc::new(labels),
+        }
+    }
+
+    fn load_idx(images: &Path, labels: &Path) -> Result<Split, DataError> {
         let imgs = idx::read_images(images)?;
         let lbls = idx::read_labels(labels)?;
         if imgs.count != lbls.len() {
@@ -312,64 +507,98 @@ impl Split {
                 reason: format!("{} labels for {} images", lbls.len(), imgs.count),
             });
         }
-        Ok(Split {
-            images: Arc::new(imgs),
-            labels: Arc::new(lbls),
-        })
-    }
-
-    /// Pixels per image.
-    pub fn sample_len(&self) -> usize {
-        self.images.rows * self.images.cols
+        Ok(Split::new(imgs, lbls))
     }
 }
 
-/// The four files of a dataset read and checked, shared by every stage that uses them.
+/// The files of a dataset read and checked, shared by every stage that uses them.
 #[derive(Clone, Debug)]
 pub struct RawData {
     pub train: Split,
     pub test: Split,
+    /// The corrupted test sets, when the dataset config asks for them.
+    pub corrupted: Option<corrupted::Corrupted>,
 }
 
 impl RawData {
-    /// Read the files; check that images are 28x28, present, and labelled in range.
+    /// Read the files; check that images have the family's shape, are present, and are
+    /// labelled in range.
     pub fn load(files: &DataFiles, family: Family) -> Result<RawData, DataError> {
-        let train = Split::load(&files.train_images, &files.train_labels)?;
-        let test = Split::load(&files.test_images, &files.test_labels)?;
-        for (split, images, labels) in [
-            (&train, &files.train_images, &files.train_labels),
-            (&test, &files.test_images, &files.test_labels),
-        ] {
+        let (train, test, paths) = match files {
+            DataFiles::Idx(f) => (
+                Split::load_idx(&f.train_images, &f.train_labels)?,
+                Split::load_idx(&f.test_images, &f.test_labels)?,
+                [
+                    (&f.train_images, &f.train_labels),
+                    (&f.test_images, &f.test_labels),
+                ],
+            ),
+            DataFiles::Cifar(f) => {
+                let [(train_x, train_y), (test_x, test_y)] = cifar::read(f)?;
+                let first = &f.train[0];
+                (
+                    Split::new(train_x, train_y),
+                    Split::new(test_x, test_y),
+                    [(first, first), (&f.test, &f.test)],
+                )
+            }
+        };
+        for (split, (images, labels)) in [&train, &test].into_iter().zip(paths) {
             let corrupt = |path: &Path, reason: String| DataError::Corrupt {
                 path: path.to_path_buf(),
                 reason: format!("{reason}; {}", family.hint()),
             };
             let i = &split.images;
-            if i.count == 0 || (i.rows, i.cols) != (28, 28) {
-                let shape = format!("{} images of {}x{} px", i.count, i.rows, i.cols);
-                return Err(corrupt(images, format!("{shape}, expected 28x28 images")));
+            let [c, h, w] = family.shape();
+            if i.count == 0 || i.shape() != [c, h, w] {
+                let shape = format!("{} images of {}x{}x{}", i.count, i.channels, i.rows, i.cols);
+                return Err(corrupt(
+                    images,
+                    format!("{shape}, expected {c}x{h}x{w} images"),
+                ));
             }
-            if let Some(bad) = split.labels.iter().find(|&&l| l >= family.num_classes()) {
-                let reason = format!("label {bad} outside 0..{}", family.num_classes());
-                return Err(corrupt(labels, reason));
+            let classes = family.num_classes();
+            if let Some(bad) = split.labels.iter().find(|&&l| !(0..classes).contains(&l)) {
+                return Err(corrupt(labels, format!("label {bad} outside 0..{classes}")));
             }
         }
-        Ok(RawData { train, test })
+        Ok(RawData {
+            train,
+            test,
+            corrupted: None,
+        })
     }
 }
 
-/// A loaded dataset with its train/validation split.
+/// Read the dataset a dataset config names, from `data_dir` (or `override_dir`) as a run
+/// would.
+pub fn read(
+    config: &Value,
+    base: &Path,
+    override_dir: Option<&Path>,
+) -> Result<RawData, DataError> {
+    let spec = DatasetSpec::from_config(config)?;
+    let files = spec.locate(base, override_dir)?;
+    let mut raw = RawData::load(&files, spec.family)?;
+    raw.corrupted = spec.locate_corrupted(base, override_dir)?;
+    Ok(raw)
+}
+
+/// A loaded dataset with its train/validation split, prepared for a model.
 pub struct Dataset {
     pub spec: DatasetSpec,
     pub train: Split,
     pub test: Split,
     pub train_indices: Vec<usize>,
     pub valid_indices: Vec<usize>,
+    /// The normalisation of each channel the model takes.
+    pub norms: Vec<Normalization>,
+    pub corrupted: Option<corrupted::Corrupted>,
 }
 
 impl Dataset {
-    /// Split the training set of `raw` by `seed`.
-    pub fn new(spec: &DatasetSpec, raw: &RawData, seed: u64) -> Dataset {
+    /// Split the training set of `raw` by `seed`, for a model taking `channels` channels.
+    pub fn new(spec: &DatasetSpec, raw: &RawData, seed: u64, channels: usize) -> Dataset {
         let (train, test) = (raw.train.clone(), raw.test.clone());
         let (train_indices, valid_indices) =
             split_indices(train.images.count, spec.valid_size, seed, spec.shuffle);
@@ -379,7 +608,15 @@ impl Dataset {
             test,
             train_indices,
             valid_indices,
+            norms: spec.normalization(channels),
+            corrupted: raw.corrupted.clone(),
         }
+    }
+
+    /// `[channels, rows, cols]` of the batches the model sees.
+    pub fn batch_shape(&self) -> [usize; 3] {
+        let [_, rows, cols] = self.train.images.shape();
+        [self.norms.len(), rows, cols]
     }
 }
 
@@ -405,16 +642,35 @@ pub struct Batch {
     pub images: Vec<f32>,
     pub labels: Vec<i64>,
     pub applied_std: Vec<f32>,
+    /// The second view (images and applied std), when the plan asks for one.
+    pub second: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// The second view of every sample, for representation matching.
+#[derive(Clone, Debug)]
+pub enum SecondView {
+    Clean,
+    Noise(NoiseSpec),
+}
+
+/// The second view's noise seed, from the batch's seed.
+pub fn second_seed(batch_seed: u64) -> u64 {
+    batch_seed ^ 0x5ec0_4d00
 }
 
 /// What a batch stream draws from and how it prepares samples.
 pub struct StreamPlan {
-    pub split: (Arc<idx::Images>, Arc<Vec<i64>>),
+    pub split: Split,
     pub order: Vec<usize>,
     pub batch_size: usize,
-    pub norm: Normalization,
+    /// One normalisation per output channel; one input channel feeds all of them.
+    pub norms: Vec<Normalization>,
+    /// Random crop, flip and rotation per sample.
+    pub augment: bool,
     pub noise: Option<NoiseSpec>,
+    /// Seeds the noise and the augmentation of each batch.
     pub noise_seed: u64,
+    pub second: Option<SecondView>,
 }
 
 /// Batches prepared on a background thread, a few ahead of the consumer.
@@ -469,35 +725,61 @@ pub fn batch_seed(stream_seed: u64, i: usize) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Augmentation draws from its own streams, apart from the noise.
+const AUGMENT_SEED: u64 = 0xa0_9e47;
+
 fn prepare(plan: &StreamPlan, chunk: &[usize], seed: u64) -> Batch {
-    let (images, labels) = &plan.split;
-    let len = images.rows * images.cols;
-    let norm = plan.norm;
-    let mut x = Vec::with_capacity(chunk.len() * len);
-    for &i in chunk {
-        let pixels = &images.pixels[i * len..(i + 1) * len];
-        x.extend(
-            pixels
-                .iter()
-                .map(|&p| (f32::from(p) / 255.0 - norm.mean) / norm.std),
-        );
-    }
-    let applied_std = match &plan.noise {
-        Some(spec) => {
-            let frame = Frame {
-                layout: Layout::Nchw,
-                sample_len: len,
-                norms: vec![norm],
-                clamp: true,
+    let images = &plan.split.images;
+    let shape = images.shape();
+    let plane = shape[1] * shape[2];
+    let out_len = plan.norms.len() * plane;
+    let mut x = vec![0.0f32; chunk.len() * out_len];
+    x.par_chunks_mut(out_len)
+        .zip(chunk.par_iter())
+        .enumerate()
+        .for_each(|(i, (out, &index))| {
+            let src = images.image(index);
+            let mut augmented = Vec::new();
+            let pixels = if plan.augment {
+                augmented.resize(src.len(), 0);
+                let mut rng = ChaCha8Rng::seed_from_u64(batch_seed(seed ^ AUGMENT_SEED, i));
+                augment::augment(src, &mut augmented, shape, &mut rng);
+                &augmented
+            } else {
+                src
             };
-            spec.apply(&mut x, &frame, seed)
-        }
+            for (c, (norm, out)) in plan.norms.iter().zip(out.chunks_mut(plane)).enumerate() {
+                let from = c % shape[0] * plane;
+                for (o, &p) in out.iter_mut().zip(&pixels[from..from + plane]) {
+                    *o = (f32::from(p) / 255.0 - norm.mean) / norm.std;
+                }
+            }
+        });
+    let frame = Frame {
+        layout: Layout::Nchw,
+        sample_len: out_len,
+        norms: plan.norms.clone(),
+        clamp: true,
+    };
+    let noised = |spec: Option<&NoiseSpec>, x: &mut Vec<f32>, seed| match spec {
+        Some(spec) => spec.apply(x, &frame, seed),
         None => vec![0.0; chunk.len()],
     };
+    let second = plan.second.as_ref().map(|view| {
+        let mut x2 = x.clone();
+        let spec = match view {
+            SecondView::Clean => None,
+            SecondView::Noise(spec) => Some(spec),
+        };
+        let std2 = noised(spec, &mut x2, second_seed(seed));
+        (x2, std2)
+    });
+    let applied_std = noised(plan.noise.as_ref(), &mut x, seed);
     Batch {
         images: x,
-        labels: chunk.iter().map(|&i| labels[i]).collect(),
+        labels: chunk.iter().map(|&i| plan.split.labels[i]).collect(),
         applied_std,
+        second,
     }
 }
 
@@ -536,22 +818,25 @@ mod tests {
 
     #[test]
     fn batches_cover_the_order_once_with_normalised_pixels() {
-        let images = idx::Images {
+        let images = Images {
             count: 5,
+            channels: 1,
             rows: 1,
             cols: 2,
             pixels: vec![0, 255, 51, 102, 0, 0, 1, 2, 3, 4],
         };
         let plan = StreamPlan {
-            split: (Arc::new(images), Arc::new(vec![0, 1, 2, 3, 4])),
+            split: Split::new(images, vec![0, 1, 2, 3, 4]),
             order: vec![4, 1, 3, 0, 2],
             batch_size: 2,
-            norm: Normalization {
+            norms: vec![Normalization {
                 mean: 0.0,
                 std: 1.0,
-            },
+            }],
+            augment: false,
             noise: None,
             noise_seed: 0,
+            second: None,
         };
         let batches: Vec<Batch> = BatchStream::start(plan).collect();
         assert_eq!(batches.len(), 3);
@@ -563,13 +848,16 @@ mod tests {
     #[test]
     fn evaluation_noise_is_identical_across_epochs() {
         let pixels: Vec<u8> = (0..40 * 16).map(|i| (i * 7 % 256) as u8).collect();
-        let images = Arc::new(idx::Images {
-            count: 40,
-            rows: 4,
-            cols: 4,
-            pixels,
-        });
-        let labels = Arc::new(vec![0; 40]);
+        let split = Split::new(
+            Images {
+                count: 40,
+                channels: 1,
+                rows: 4,
+                cols: 4,
+                pixels,
+            },
+            vec![0; 40],
+        );
         let spec = NoiseSpec::from_value(
             crate::noise::Mode::Std,
             &Value::Dict(vec![
@@ -580,15 +868,17 @@ mod tests {
         .unwrap();
         let epoch = |seed| {
             BatchStream::start(StreamPlan {
-                split: (images.clone(), labels.clone()),
+                split: split.clone(),
                 order: (0..40).collect(),
                 batch_size: 16,
-                norm: Normalization {
+                norms: vec![Normalization {
                     mean: 0.0,
                     std: 1.0,
-                },
+                }],
+                augment: false,
                 noise: Some(spec.clone()),
                 noise_seed: seed,
+                second: None,
             })
             .flat_map(|b| b.images.into_iter().chain(b.applied_std))
             .collect::<Vec<f32>>()

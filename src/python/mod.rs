@@ -1,5 +1,6 @@
 //! The Python bindings: conversions and exceptions only.
 
+mod data;
 mod model;
 mod noise;
 mod pinning;
@@ -380,6 +381,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(trained_models, m)?)?;
     m.add_function(wrap_pyfunction!(noise::apply_noise_array, m)?)?;
     pinning::register(m)?;
+    data::register(m)?;
     model::register(m)?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use numpy::ndarray::{Array2, ArrayD, IxDyn};
 use numpy::{IntoPyArray, PyArray2, PyArrayDyn, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use super::{run_error, to_python, TrainingError};
+use super::{run_error, to_python, to_value, TrainingError};
 use crate::train::trained::TrainedModel as CoreModel;
 
 /// A trained model on the CPU: `forward` runs it on float32 images.
@@ -51,11 +51,12 @@ impl TrainedModel {
         to_python(py, &self.model().dataset_config, false)
     }
 
-    /// `(mean, std)` applied to pixels in [0, 1] before the model saw them in training.
+    /// `(means, stds)` per channel, applied to pixels in [0, 1] before the model saw them
+    /// in training.
     #[getter]
-    fn normalization(&self) -> (f32, f32) {
-        let norm = self.model().normalization;
-        (norm.mean, norm.std)
+    fn normalization(&self) -> (Vec<f32>, Vec<f32>) {
+        let norms = &self.model().normalization;
+        norms.iter().map(|n| (n.mean, n.std)).unzip()
     }
 
     /// The shape of one input image: `(channels, height, width)`.
@@ -140,8 +141,39 @@ fn load_trained(
         .map_err(run_error)
 }
 
+/// Build the model of `model_config` and load `weights` (a safetensors file with every
+/// parameter under its PyTorch name); `dataset_config` gives the normalisation.
+#[pyfunction]
+fn load_weights(
+    py: Python<'_>,
+    model_config: &Bound<'_, PyAny>,
+    dataset_config: &Bound<'_, PyAny>,
+    weights: PathBuf,
+) -> PyResult<TrainedModel> {
+    let (model, dataset) = (to_value(model_config)?, to_value(dataset_config)?);
+    py.allow_threads(|| CoreModel::load("", model, dataset, &weights))
+        .map(|model| TrainedModel(Mutex::new(model)))
+        .map_err(training_error)
+}
+
+/// Write the freshly initialised weights of `model_config`'s model, seeded by `seed`, to
+/// `path` (safetensors).
+#[pyfunction]
+fn init_weights(
+    py: Python<'_>,
+    model_config: &Bound<'_, PyAny>,
+    seed: i64,
+    path: PathBuf,
+) -> PyResult<()> {
+    let model = to_value(model_config)?;
+    py.allow_threads(|| crate::train::trained::init_weights(&model, seed, &path))
+        .map_err(training_error)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TrainedModel>()?;
     m.add_function(wrap_pyfunction!(load_trained, m)?)?;
+    m.add_function(wrap_pyfunction!(load_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(init_weights, m)?)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod model;
+pub mod modules;
 pub mod optim;
 pub mod trained;
 pub mod trainer;
@@ -9,6 +10,7 @@ pub mod trainer;
 use crate::config::{ConfigError, Options, Value};
 use crate::data::DataError;
 use crate::noise::{Mode, NoiseError, NoiseSpec};
+use modules::{NoiseAdvKind, ReadoutReset, RepMatch};
 
 /// Errors building or training a model.
 #[derive(Debug, thiserror::Error)]
@@ -41,45 +43,169 @@ fn first_line(err: &tch::TchError) -> String {
         .to_string()
 }
 
+/// The architecture a model config names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// The small CNN for MNIST-like data (`cnn_builder="cnn"`).
+    Cnn,
+    /// A multi-layer perceptron (`cnn_builder="mlp"`).
+    Mlp,
+    /// A CIFAR-style ResNet of the given depth (`cnn_builder="resnet"`, `type="50"`).
+    ResNet(u32),
+    /// A VGG (`cnn_builder="vgg"`, `type="11"` or `"11_bn"`).
+    Vgg { depth: u32, batch_norm: bool },
+}
+
+/// The readout of a VGG.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readout {
+    Dense,
+    Conv,
+}
+
 /// The options of a `ModelConfig`, checked.
 #[derive(Clone, Debug)]
 pub struct ModelSpec {
+    pub arch: Arch,
     pub num_classes: i64,
     pub input_size: i64,
+    /// Channels of the images the model takes: 3 for ResNets and VGGs, otherwise those of
+    /// `dataset_cls`.
+    pub in_channels: i64,
+    pub core_stride: i64,
+    pub stem_kernel: i64,
+    pub readout: Readout,
+    /// A noise-adversarial head (`noise_readout`) on the core.
+    pub noise_adv: Option<NoiseAdvKind>,
 }
 
 impl ModelSpec {
     /// Read and check the options of a model config.
     pub fn from_config(config: &Value) -> Result<ModelSpec, TrainingError> {
         let opts = Options::new(config);
-        let builder = opts.str_or("cnn_builder", "resnet")?;
-        if builder != "cnn" {
-            return Err(TrainingError::Model(format!(
-                "`cnn_builder` `{builder}` is not available in this build; available: `cnn`"
-            )));
+        let arch = arch(&opts)?;
+        if opts.bool_or("pretrained", false)? {
+            return Err(TrainingError::Model(
+                "`pretrained=True` is not available: no pretrained weights can be loaded here"
+                    .into(),
+            ));
         }
-        for flag in [
-            "noise_adv_classification",
-            "noise_adv_regression",
-            "pretrained",
-        ] {
-            if opts.bool_or(flag, false)? {
-                return Err(TrainingError::Model(format!(
-                    "`{flag}=True` is not available in this build"
-                )));
+        let noise_adv = match (
+            opts.bool_or("noise_adv_classification", false)?,
+            opts.bool_or("noise_adv_regression", false)?,
+        ) {
+            (false, false) => None,
+            (true, false) => Some(NoiseAdvKind::Classification),
+            (false, true) => Some(NoiseAdvKind::Regression),
+            (true, true) => {
+                return Err(TrainingError::Model(
+                    "set `noise_adv_classification` or `noise_adv_regression`, not both".into(),
+                ))
             }
-        }
-        let num_classes = opts.usize_or("num_classes", 10)? as i64;
-        let input_size = opts.usize_or("input_size", 28)? as i64;
-        if input_size != 28 {
-            return Err(TrainingError::Model(format!(
-                "`input_size={input_size}`: the `cnn` model takes 28 px images"
-            )));
-        }
-        Ok(ModelSpec {
-            num_classes,
+        };
+        let dataset_cls = opts.str_or("dataset_cls", "CIFAR100")?;
+        let gray = matches!(dataset_cls.as_str(), "MNIST" | "FashionMNIST");
+        let in_channels = match arch {
+            Arch::Cnn | Arch::Mlp if gray => 1,
+            _ => 3,
+        };
+        let readout = match opts.str_or("readout_type", "dense")?.as_str() {
+            "dense" => Readout::Dense,
+            "conv" => Readout::Conv,
+            other => {
+                return Err(TrainingError::Model(format!(
+                    "`readout_type` `{other}` is unknown; valid: `dense`, `conv`"
+                )))
+            }
+        };
+        let input_size = opts.usize_or("input_size", 32)? as i64;
+        let spec = ModelSpec {
+            arch,
+            num_classes: opts.usize_or("num_classes", 10)? as i64,
             input_size,
-        })
+            in_channels,
+            core_stride: opts.usize_or("core_stride", if input_size > 32 { 2 } else { 1 })? as i64,
+            stem_kernel: opts.usize_or("conv_stem_kernel_size", 3)? as i64,
+            readout,
+            noise_adv,
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Check that the sizes fit the architecture.
+    fn check(&self) -> Result<(), TrainingError> {
+        let bad = |reason: String| Err(TrainingError::Model(reason));
+        let size = self.input_size;
+        if self.num_classes < 1 {
+            return bad("`num_classes` must be at least 1".into());
+        }
+        match self.arch {
+            Arch::Cnn if size < 4 || size % 4 != 0 => bad(format!(
+                "`input_size={size}`: the `cnn` model takes a multiple of 4 px"
+            )),
+            Arch::Vgg { .. } if size % 32 != 0 => bad(format!(
+                "`input_size={size}`: a VGG pools five times and takes a multiple of 32 px"
+            )),
+            Arch::ResNet(_) if !(1..=2).contains(&self.core_stride) => {
+                bad(format!("`core_stride={}` must be 1 or 2", self.core_stride))
+            }
+            Arch::ResNet(_) if self.stem_kernel % 2 == 0 || self.stem_kernel < 1 => bad(format!(
+                "`conv_stem_kernel_size={}` must be an odd number",
+                self.stem_kernel
+            )),
+            _ if size < 1 => bad("`input_size` must be positive".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The architecture of `cnn_builder` and `type`.
+fn arch(opts: &Options) -> Result<Arch, TrainingError> {
+    let builder = opts.str_or("cnn_builder", "resnet")?;
+    let kind = match opts.raw("type") {
+        Value::Int(i) => i.to_string(),
+        Value::None => "50".to_string(),
+        _ => opts.str_or("type", "50")?,
+    };
+    let unknown = |valid: String| {
+        TrainingError::Model(format!(
+            "`type` `{kind}` is not a `{builder}` model; valid: {valid}"
+        ))
+    };
+    let depths = |list: &[u32], suffix: &str| {
+        list.iter()
+            .map(|d| format!("`{d}{suffix}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match builder.as_str() {
+        "cnn" => Ok(Arch::Cnn),
+        "mlp" => Ok(Arch::Mlp),
+        "resnet" => kind
+            .parse()
+            .ok()
+            .filter(|d| model::resnet::layout(*d).is_some())
+            .map(Arch::ResNet)
+            .ok_or_else(|| unknown(depths(&model::resnet::DEPTHS, ""))),
+        "vgg" => {
+            let (depth, batch_norm) = match kind.strip_suffix("_bn") {
+                Some(depth) => (depth, true),
+                None => (kind.as_str(), false),
+            };
+            depth
+                .parse()
+                .ok()
+                .filter(|d| model::vgg::layout(*d).is_some())
+                .map(|depth| Arch::Vgg { depth, batch_norm })
+                .ok_or_else(|| {
+                    let valid = model::vgg::DEPTHS;
+                    unknown(format!("{}, {}", depths(&valid, ""), depths(&valid, "_bn")))
+                })
+        }
+        other => Err(TrainingError::Model(format!(
+            "`cnn_builder` `{other}` is unknown; valid: `resnet`, `vgg`, `cnn`, `mlp`"
+        ))),
     }
 }
 
@@ -111,6 +237,10 @@ pub struct TrainerSpec {
     pub noise_test: Vec<(&'static str, String, NoiseSpec)>,
     pub freeze: Vec<String>,
     pub reset_linear: bool,
+    pub readout_reset: Option<ReadoutReset>,
+    pub rep_match: Option<RepMatch>,
+    pub noise_adv_loss_factor: f64,
+    pub noise_adv_gamma: f64,
 }
 
 impl TrainerSpec {
@@ -155,6 +285,10 @@ impl TrainerSpec {
             noise_test: noise_test(opts.raw("noise_test"))?,
             freeze: opts.str_list("freeze")?,
             reset_linear: opts.bool_or("reset_linear", false)?,
+            readout_reset: ReadoutReset::from_value(opts.raw("reset_linear_frequency"))?,
+            rep_match: RepMatch::from_value(opts.raw("representation_matching"))?,
+            noise_adv_loss_factor: opts.f64_or("noise_adv_loss_factor", 1.0)?,
+            noise_adv_gamma: opts.f64_or("noise_adv_gamma", 10.0)?,
         };
         spec.check()?;
         Ok(spec)
@@ -182,6 +316,18 @@ impl TrainerSpec {
                 self.lr_decay > 0.0,
                 "a positive number",
             ),
+            (
+                "noise_adv_loss_factor",
+                self.noise_adv_loss_factor,
+                self.noise_adv_loss_factor >= 0.0,
+                ">= 0",
+            ),
+            (
+                "noise_adv_gamma",
+                self.noise_adv_gamma,
+                self.noise_adv_gamma >= 0.0,
+                ">= 0",
+            ),
         ];
         for (option, value, ok, valid) in ranges {
             if !(value.is_finite() && ok) {
@@ -208,15 +354,12 @@ impl TrainerSpec {
     }
 }
 
-/// The named parts every model has.
-pub const MODEL_PARTS: [&str; 2] = ["core", "readout"];
+/// The named parts of a model: every model has `core` and `readout`, noise-adversarial
+/// ones also `noise_readout`.
+pub const MODEL_PARTS: [&str; 3] = ["core", "readout", "noise_readout"];
 
 fn reject_unbuilt(opts: &Options) -> Result<(), TrainingError> {
-    for option in [
-        "representation_matching",
-        "reset_linear_frequency",
-        "transfer_from_path",
-    ] {
+    for option in ["transfer_from_path"] {
         if !opts.raw(option).is_none() {
             return Err(TrainingError::Trainer(format!(
                 "`{option}` is not available in this build; leave it unset"

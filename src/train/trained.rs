@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
-use super::model::SmallCnn;
+use super::model::{self, Model};
 use super::{ModelSpec, TrainingError};
 use crate::config::Value;
 use crate::data::{DatasetSpec, Normalization};
@@ -17,10 +17,11 @@ pub struct TrainedModel {
     pub model_config: Value,
     pub dataset_config: Value,
     pub spec: ModelSpec,
-    /// What the data pipeline applied to pixels in [0, 1] before the model saw them.
-    pub normalization: Normalization,
+    /// What the data pipeline applied to pixels in [0, 1] of each channel before the model
+    /// saw them.
+    pub normalization: Vec<Normalization>,
     vs: nn::VarStore,
-    net: SmallCnn,
+    net: Model,
 }
 
 /// One parameter: its PyTorch name, shape and values (row-major).
@@ -43,9 +44,10 @@ impl TrainedModel {
         weights: &Path,
     ) -> Result<TrainedModel, TrainingError> {
         let spec = ModelSpec::from_config(&model_config)?;
-        let normalization = DatasetSpec::from_config(&dataset_config)?.normalization();
+        let normalization =
+            DatasetSpec::from_config(&dataset_config)?.normalization(spec.in_channels as usize);
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let net = SmallCnn::new(&vs.root(), &spec);
+        let net = model::build(&vs.root(), &spec);
         vs.load(weights).map_err(|e| TrainingError::Weights {
             path: weights.display().to_string(),
             reason: e.to_string().lines().next().unwrap_or_default().to_string(),
@@ -63,7 +65,11 @@ impl TrainedModel {
 
     /// The shape of one input image: `[channels, height, width]`.
     pub fn input_shape(&self) -> [i64; 3] {
-        [1, self.spec.input_size, self.spec.input_size]
+        [
+            self.spec.in_channels,
+            self.spec.input_size,
+            self.spec.input_size,
+        ]
     }
 
     /// Run the model on `batch` images laid out `[batch, channels, height, width]`.
@@ -83,7 +89,7 @@ impl TrainedModel {
             });
         }
         let xs = Tensor::from_slice(input).view([batch, c, h, w]);
-        let out = tch::no_grad(|| self.net.forward(&xs));
+        let out = tch::no_grad(|| self.net.forward_t(&xs, false));
         let core_width = out.core.size()[1];
         Ok(Forward {
             logits: to_vec(&out.logits)?,
@@ -102,6 +108,19 @@ impl TrainedModel {
     }
 }
 
+/// Write the weights of a fresh model of `model_config`, initialised under `seed`, to
+/// `path` as safetensors.
+pub fn init_weights(model_config: &Value, seed: i64, path: &Path) -> Result<(), TrainingError> {
+    let spec = ModelSpec::from_config(model_config)?;
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = model::build(&vs.root(), &spec);
+    vs.save(path).map_err(|e| TrainingError::Weights {
+        path: path.display().to_string(),
+        reason: e.to_string().lines().next().unwrap_or_default().to_string(),
+    })
+}
+
 fn to_vec(t: &Tensor) -> Result<Vec<f32>, TrainingError> {
     let flat = t.detach().to_kind(Kind::Float).contiguous().view([-1]);
     Ok(Vec::<f32>::try_from(&flat)?)
@@ -113,6 +132,7 @@ mod tests {
 
     fn configs() -> (Value, Value) {
         let model = Value::dict([
+            ("dataset_cls", Value::Str("FashionMNIST".into())),
             ("cnn_builder", Value::Str("cnn".into())),
             ("num_classes", Value::Int(10)),
             ("input_size", Value::Int(28)),
@@ -131,7 +151,7 @@ mod tests {
         let (model, dataset) = configs();
         let spec = ModelSpec::from_config(&model).unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
-        let _net = SmallCnn::new(&vs.root(), &spec);
+        let _net = model::build(&vs.root(), &spec);
         let path = dir.path().join("w.safetensors");
         vs.save(&path).unwrap();
 

@@ -14,10 +14,14 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{Checkpoint, ScheduleState};
-use super::model::SmallCnn;
+use super::model::{self, Model};
+use super::modules::NoiseAdv;
 use super::optim::Optimizer;
 use super::{ModelSpec, TrainerSpec, TrainingError};
-use crate::data::{batch_seed, BatchStream, Dataset, StreamPlan};
+use crate::data::corrupted::SEVERITIES;
+use crate::data::{
+    batch_seed, second_seed, Batch, BatchStream, Dataset, SecondView, Split, StreamPlan,
+};
 use crate::noise::NoiseSpec;
 
 /// Everything one stage trains from.
@@ -59,6 +63,8 @@ pub struct StageResult {
 struct Pass {
     acc: f64,
     loss: f64,
+    /// Mean batch loss of the main-loop modules (weighted as in training).
+    module_loss: f64,
     images_per_s: f64,
 }
 
@@ -72,11 +78,12 @@ pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
         Device::cuda_if_available()
     };
     let mut vs = nn::VarStore::new(device);
-    let mut model = SmallCnn::new(&vs.root(), input.model);
+    let net = model::build(&vs.root(), input.model);
+    let model = &net;
     if let Some(path) = input.init_weights {
         load_previous(&mut vs, path)?;
         if input.trainer.reset_linear {
-            model.reset_readout();
+            model::reset_readout(&vs);
         }
     }
     freeze(&vs, &input.trainer.freeze)?;
@@ -112,8 +119,8 @@ pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
         );
     }
     for epoch in first..=spec.num_epochs {
-        let train = train_epoch(input, &model, &mut opt, device, epoch)?;
-        let dev = evaluate(input, &model, device, Which::Valid, spec.noise.as_ref())?;
+        let train = train_epoch(input, model, &vs, &mut opt, device, epoch)?;
+        let dev = evaluate(input, model, device, Which::Valid, spec.noise.as_ref())?;
         log::info!(
             "{} epoch {epoch}/{}: train loss {:.4} acc {:.2}% | dev loss {:.4} acc {:.2}% | \
              {:.0} img/s | lr {:.2e}",
@@ -127,8 +134,9 @@ pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
             schedule.lr
         );
         train_stats.push(json!({
-            "train_acc": train.acc, "train_loss": train.loss, "train_module_loss": 0.0,
-            "dev_acc": dev.acc, "dev_loss": dev.loss, "dev_module_loss": 0.0,
+            "train_acc": train.acc, "train_loss": train.loss,
+            "train_module_loss": train.module_loss, "dev_acc": dev.acc, "dev_loss": dev.loss,
+            "dev_module_loss": dev.module_loss,
             "lr": schedule.lr, "images_per_s": train.images_per_s,
         }));
         if best.as_ref().is_none_or(|(acc, _, _)| dev.acc > *acc) {
@@ -167,17 +175,21 @@ pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
         }
         None => (0.0, 0),
     };
-    let (noise_acc, noise_loss) = noise_sweep(input, &model, device)?;
-    let test = evaluate(input, &model, device, Which::Test, None)?;
+    let (noise_acc, noise_loss) = noise_sweep(input, model, device)?;
+    let test = evaluate(input, model, device, Which::Test, None)?;
     log::info!(
         "{}: test acc {:.2}% (best epoch {best_epoch})",
         input.label,
         test.acc
     );
-    let final_results = json!({
+    let mut final_results = json!({
         "test_acc": test.acc, "test_loss": test.loss, "dev_acc": best_acc, "epoch": best_epoch,
         "dev_noise_acc": noise_acc, "dev_noise_loss": noise_loss,
     });
+    if let Some((acc, loss)) = corrupted_test(input, model, device)? {
+        final_results["c_test_acc"] = acc;
+        final_results["c_test_loss"] = loss;
+    }
     Ok(StageResult {
         score: test.acc,
         output: json!([train_stats, final_results]),
@@ -291,89 +303,195 @@ impl Schedule {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Which {
+/// What an evaluation runs on.
+#[derive(Clone)]
+enum Which<'a> {
     Valid,
     Test,
+    /// Rows `range` of a corrupted test set.
+    Corrupted(&'a Split, std::ops::Range<usize>),
 }
 
 fn cross_entropy(logits: &Tensor, ys: &Tensor) -> Result<Tensor, tch::TchError> {
     logits.f_cross_entropy_loss::<Tensor>(ys, None, tch::Reduction::Mean, -100, 0.0)
 }
 
-/// On CUDA, noise is added to the batch on the device (the batch threads leave it clean);
-/// the same seeds give the same noise as the CPU path.
-fn noise_on_device(
-    input: &StageInput,
-    noise: Option<&NoiseSpec>,
+/// A batch on the device: the first view with each sample's applied noise std, and the
+/// second view when representation matching asks for one.
+struct Views {
     xs: Tensor,
-    stream_seed: u64,
-    batch: usize,
-) -> Result<Tensor, TrainingError> {
-    match noise {
-        Some(spec) if xs.device().is_cuda() => {
-            let norm = input.dataset.spec.normalization();
-            Ok(spec
-                .apply_tensor(&xs, &[norm], true, batch_seed(stream_seed, batch))?
-                .0)
-        }
-        _ => Ok(xs),
-    }
+    applied: Tensor,
+    second: Option<Tensor>,
 }
 
-fn to_tensors(batch: &crate::data::Batch, side: i64, device: Device) -> (Tensor, Tensor) {
+/// Move a batch to the device. On CUDA, noise is added there (the batch threads leave the
+/// images clean), with the seeds the batch threads would use, so both give the same noise.
+fn views(
+    input: &StageInput,
+    batch: &Batch,
+    noise: Option<&NoiseSpec>,
+    second: Option<&SecondView>,
+    device: Device,
+    seed: u64,
+) -> Result<Views, TrainingError> {
     let n = batch.labels.len() as i64;
-    let xs = Tensor::from_slice(&batch.images)
-        .view([n, 1, side, side])
-        .to_device(device);
-    let ys = Tensor::from_slice(&batch.labels).to_device(device);
-    (xs, ys)
+    let [c, h, w] = input.dataset.batch_shape().map(|d| d as i64);
+    let tensor = |values: &[f32]| {
+        Tensor::from_slice(values)
+            .view([n, c, h, w])
+            .to_device(device)
+    };
+    let floats = |values: &[f32]| Tensor::from_slice(values).to_device(device);
+    let norms = &input.dataset.norms;
+    let xs = tensor(&batch.images);
+    let noised = |spec: Option<&NoiseSpec>, clean: &Tensor, seed| match spec {
+        Some(spec) => {
+            let (x, std) = spec.apply_tensor(clean, norms, true, seed)?;
+            Ok::<_, TrainingError>((x, floats(&std)))
+        }
+        None => Ok((
+            clean.shallow_clone(),
+            Tensor::zeros([n], (Kind::Float, device)),
+        )),
+    };
+    if !device.is_cuda() {
+        return Ok(Views {
+            xs,
+            applied: floats(&batch.applied_std),
+            second: batch.second.as_ref().map(|(x2, _)| tensor(x2)),
+        });
+    }
+    let second = match second {
+        Some(SecondView::Noise(spec)) => Some(noised(Some(spec), &xs, second_seed(seed))?.0),
+        Some(SecondView::Clean) => Some(xs.shallow_clone()),
+        None => None,
+    };
+    let (xs, applied) = noised(noise, &xs, seed)?;
+    Ok(Views {
+        xs,
+        applied,
+        second,
+    })
+}
+
+/// One batch through the model: the first view's logits, its cross-entropy, and the
+/// modules' weighted losses (zero without modules); training minimises their sum.
+fn batch_loss(
+    input: &StageInput,
+    model: &Model,
+    views: &Views,
+    ys: &Tensor,
+    train: bool,
+    progress: f64,
+) -> Result<(Tensor, Tensor, Tensor), TrainingError> {
+    let spec = input.trainer;
+    let n = views.xs.size()[0];
+    let out = match &views.second {
+        Some(x2) => model.forward_t(&Tensor::cat(&[&views.xs, x2], 0), train),
+        None => model.forward_t(&views.xs, train),
+    };
+    let first = |t: &Tensor| t.narrow(0, 0, n);
+    let logits = first(&out.logits);
+    let ce = cross_entropy(&logits, ys)?;
+    let mut modules = Tensor::zeros([], (Kind::Float, ys.device()));
+    if let (Some(rep), Some(_)) = (&spec.rep_match, &views.second) {
+        let reps = match rep.representation {
+            super::modules::Representation::Core => &out.core,
+            super::modules::Representation::Logits => &out.logits,
+        };
+        let distance = rep.loss(&first(reps), &reps.narrow(0, n, n), &views.applied);
+        modules += distance * rep.lambda;
+    }
+    if let (Some(kind), Some(head)) = (input.model.noise_adv, &model.noise_readout) {
+        let adv = NoiseAdv {
+            kind,
+            factor: spec.noise_adv_loss_factor,
+            gamma: spec.noise_adv_gamma,
+        };
+        modules += adv.loss(head, &first(&out.core), &views.applied, progress) * adv.factor;
+    }
+    Ok((logits, ce, modules))
+}
+
+/// Where a stream's second view comes from: on CUDA it is made on the device.
+fn second_view(input: &StageInput, device: Device) -> Option<SecondView> {
+    input
+        .trainer
+        .rep_match
+        .as_ref()
+        .map(|rep| match &rep.second {
+            Some(spec) if !device.is_cuda() => SecondView::Noise(spec.clone()),
+            _ => SecondView::Clean,
+        })
 }
 
 fn train_epoch(
     input: &StageInput,
-    model: &SmallCnn,
+    model: &Model,
+    vs: &nn::VarStore,
     opt: &mut Optimizer,
     device: Device,
     epoch: usize,
 ) -> Result<Pass, TrainingError> {
     let data = input.dataset;
+    let spec = input.trainer;
     let epoch_seed = input
         .seed
         .wrapping_mul(1_000_003)
         .wrapping_add(epoch as u64);
+    // Dropout and readout resets draw from libtorch's generator: seed it per epoch, so a
+    // resumed stage draws what an uninterrupted one would.
+    tch::manual_seed(epoch_seed as i64);
+    let reset = spec.readout_reset.as_ref();
+    if reset.is_some_and(|r| r.before_epoch(epoch)) {
+        model::reset_readout(vs);
+    }
     let mut order = data.train_indices.clone();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
     let cap = input.max_batches.unwrap_or(usize::MAX);
     order.truncate(cap.saturating_mul(data.spec.batch_size));
-    let batches = order.len().div_ceil(data.spec.batch_size) as u64;
+    let batches = order.len().div_ceil(data.spec.batch_size);
     // One seed for the batch threads (CPU) and the device path (CUDA): the same noise.
     let noise_seed = epoch_seed ^ 0x5eed;
+    let second = second_view(input, device);
     let stream = BatchStream::start(StreamPlan {
-        split: (data.train.images.clone(), data.train.labels.clone()),
+        split: data.train.clone(),
         order,
         batch_size: data.spec.batch_size,
-        norm: data.spec.normalization(),
-        noise: input.trainer.noise.clone().filter(|_| !device.is_cuda()),
+        norms: data.norms.clone(),
+        augment: data.spec.augment,
+        noise: spec.noise.clone().filter(|_| !device.is_cuda()),
         noise_seed,
+        second: second.clone(),
     });
     let bar = progress(
         input,
-        batches,
-        &format!("epoch {epoch}/{}", input.trainer.num_epochs),
+        batches as u64,
+        &format!("epoch {epoch}/{}", spec.num_epochs),
     );
-    let side = data.train.images.rows as i64;
     let mut tally = Tally::new();
     for (i, batch) in stream.enumerate() {
         if (input.interrupted)() {
             return Err(TrainingError::Interrupted);
         }
-        let (xs, ys) = to_tensors(&batch, side, device);
-        let xs = noise_on_device(input, input.trainer.noise.as_ref(), xs, noise_seed, i)?;
-        let logits = model.forward(&xs).logits;
-        let loss = cross_entropy(&logits, &ys)?;
-        opt.backward_step(&loss);
-        tally.add(&logits, &ys, &loss);
+        let seed = batch_seed(noise_seed, i);
+        let views = views(
+            input,
+            &batch,
+            spec.noise.as_ref(),
+            second.as_ref(),
+            device,
+            seed,
+        )?;
+        let ys = Tensor::from_slice(&batch.labels).to_device(device);
+        let done = (epoch - 1) * batches + i;
+        let progress = done as f64 / (spec.num_epochs * batches).max(1) as f64;
+        let (logits, ce, modules) = batch_loss(input, model, &views, &ys, true, progress)?;
+        opt.backward_step(&(&ce + &modules));
+        if reset.is_some_and(|r| r.after_batch(i)) {
+            model::reset_readout(vs);
+        }
+        tally.add(&logits, &ys, &ce, &modules);
         bar.inc(1);
         bar.set_message(tally.message());
     }
@@ -384,6 +502,7 @@ fn train_epoch(
 /// Running loss and accuracy of one pass over a split.
 struct Tally {
     loss_sum: f64,
+    module_loss_sum: f64,
     correct: i64,
     seen: usize,
     steps: usize,
@@ -394,6 +513,7 @@ impl Tally {
     fn new() -> Tally {
         Tally {
             loss_sum: 0.0,
+            module_loss_sum: 0.0,
             correct: 0,
             seen: 0,
             steps: 0,
@@ -401,8 +521,9 @@ impl Tally {
         }
     }
 
-    fn add(&mut self, logits: &Tensor, ys: &Tensor, loss: &Tensor) {
+    fn add(&mut self, logits: &Tensor, ys: &Tensor, loss: &Tensor, module_loss: &Tensor) {
         self.loss_sum += loss.double_value(&[]);
+        self.module_loss_sum += module_loss.double_value(&[]);
         self.correct += logits
             .argmax(-1, false)
             .eq_tensor(ys)
@@ -422,24 +543,28 @@ impl Tally {
         Pass {
             acc: 100.0 * self.correct as f64 / self.seen.max(1) as f64,
             loss: self.loss_sum / self.steps.max(1) as f64,
+            module_loss: self.module_loss_sum / self.steps.max(1) as f64,
             images_per_s: self.seen as f64 / self.start.elapsed().as_secs_f64().max(1e-9),
         }
     }
 }
 
 /// Evaluate without gradients; evaluation noise is seeded by the experiment seed, so every
-/// evaluation of the same split sees the same noise.
+/// evaluation of the same split sees the same noise. The validation pass of each epoch
+/// (`Which::Valid` with the training noise) also runs the main-loop modules.
 fn evaluate(
     input: &StageInput,
-    model: &SmallCnn,
+    model: &Model,
     device: Device,
     which: Which,
     noise: Option<&NoiseSpec>,
 ) -> Result<Pass, TrainingError> {
     let data = input.dataset;
+    let with_modules = matches!(which, Which::Valid) && noise == input.trainer.noise.as_ref();
     let (split, mut order): (_, Vec<usize>) = match which {
         Which::Valid => (&data.train, data.valid_indices.clone()),
         Which::Test => (&data.test, (0..data.test.images.count).collect()),
+        Which::Corrupted(split, range) => (split, range.collect()),
     };
     let batch_size = data.spec.batch_size.max(256);
     order.truncate(
@@ -448,25 +573,35 @@ fn evaluate(
             .unwrap_or(usize::MAX)
             .saturating_mul(batch_size),
     );
+    let second = second_view(input, device).filter(|_| with_modules);
     let stream = BatchStream::start(StreamPlan {
-        split: (split.images.clone(), split.labels.clone()),
+        split: split.clone(),
         order,
         batch_size,
-        norm: data.spec.normalization(),
+        norms: data.norms.clone(),
+        augment: false,
         noise: noise.cloned().filter(|_| !device.is_cuda()),
         noise_seed: input.seed,
+        second: second.clone(),
     });
-    let side = split.images.rows as i64;
     tch::no_grad(|| {
         let mut tally = Tally::new();
         for (i, batch) in stream.enumerate() {
             if (input.interrupted)() {
                 return Err(TrainingError::Interrupted);
             }
-            let (xs, ys) = to_tensors(&batch, side, device);
-            let xs = noise_on_device(input, noise, xs, input.seed, i)?;
-            let logits = model.forward(&xs).logits;
-            tally.add(&logits, &ys, &cross_entropy(&logits, &ys)?);
+            let seed = batch_seed(input.seed, i);
+            let views = views(input, &batch, noise, second.as_ref(), device, seed)?;
+            let ys = Tensor::from_slice(&batch.labels).to_device(device);
+            let (logits, ce, modules) = match with_modules {
+                true => batch_loss(input, model, &views, &ys, false, 1.0)?,
+                false => {
+                    let logits = model.forward_t(&views.xs, false).logits;
+                    let ce = cross_entropy(&logits, &ys)?;
+                    (logits, ce, Tensor::zeros([], (Kind::Float, device)))
+                }
+            };
+            tally.add(&logits, &ys, &ce, &modules);
         }
         Ok(tally.pass())
     })
@@ -474,7 +609,7 @@ fn evaluate(
 
 fn noise_sweep(
     input: &StageInput,
-    model: &SmallCnn,
+    model: &Model,
     device: Device,
 ) -> Result<(Json, Json), TrainingError> {
     let mut acc = Map::new();
@@ -485,6 +620,42 @@ fn noise_sweep(
         loss.entry(kind.to_string()).or_insert_with(|| json!({}))[key.as_str()] = json!(pass.loss);
     }
     Ok((Json::Object(acc), Json::Object(loss)))
+}
+
+/// Accuracy and loss on every corrupted test set, by corruption and severity (`"1"` to
+/// `"5"`), one corruption in memory at a time.
+fn corrupted_test(
+    input: &StageInput,
+    model: &Model,
+    device: Device,
+) -> Result<Option<(Json, Json)>, TrainingError> {
+    let Some(sets) = &input.dataset.corrupted else {
+        return Ok(None);
+    };
+    let (mut acc, mut loss) = (Map::new(), Map::new());
+    for (name, path) in &sets.corruptions {
+        let split = sets.load(path, input.dataset.train.images.shape())?;
+        let (mut by_acc, mut by_loss) = (Map::new(), Map::new());
+        for severity in 1..=SEVERITIES {
+            let n = sets.per_severity;
+            let rows = (severity - 1) * n..severity * n;
+            let pass = evaluate(input, model, device, Which::Corrupted(&split, rows), None)?;
+            by_acc.insert(severity.to_string(), json!(pass.acc));
+            by_loss.insert(severity.to_string(), json!(pass.loss));
+        }
+        log::info!(
+            "{}: corrupted test `{name}`: acc {} by severity",
+            input.label,
+            by_acc
+                .values()
+                .map(|v| format!("{:.2}%", v.as_f64().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        acc.insert(name.clone(), Json::Object(by_acc));
+        loss.insert(name.clone(), Json::Object(by_loss));
+    }
+    Ok(Some((Json::Object(acc), Json::Object(loss))))
 }
 
 fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {

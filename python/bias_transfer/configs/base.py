@@ -24,6 +24,9 @@ class BaseConfig:
 
     fn: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    # Known options without a default: stored (and hashed) only when given, so configs
+    # that leave them out keep their hashes.
+    optional: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **kwargs: Any) -> None:
         comment = kwargs.pop("comment", None)
@@ -36,7 +39,7 @@ class BaseConfig:
         self.comment = comment if comment is not None else (description or "")
         options = dict(self.defaults)
         for key, value in kwargs.items():
-            if key not in self.defaults:
+            if key not in self.defaults and key not in self.optional:
                 self._warn_unknown(key)
             options[key] = value
         options.update(self.derived(options, kwargs))
@@ -49,7 +52,7 @@ class BaseConfig:
         return {}
 
     def _warn_unknown(self, key: str) -> None:
-        known = list(self.defaults) + ["comment", "description"]
+        known = [*self.defaults, *self.optional, "comment", "description"]
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""
         warnings.warn(

@@ -23,6 +23,7 @@ class DatasetConfig(BaseConfig):
         "num_workers": 1,
         "pin_memory": True,
     }
+    optional: ClassVar[tuple[str, ...]] = ("add_corrupted_test",)
 
 
 class ImageDatasetConfig(DatasetConfig):

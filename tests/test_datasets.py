@@ -1,0 +1,127 @@
+"""The dataset readers on small files in the real formats: CIFAR-10 and CIFAR-100 as their
+python (pickled with numpy arrays) and binary archives unpack, MNIST-style idx, and the
+download helper; missing and corrupt files give errors naming them."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bias_transfer_rs
+from bias_transfer_rs import datasets
+from conftest import make_tiny_dataset, read_idx, write_cifar
+
+
+@pytest.mark.parametrize("hundred", [False, True], ids=["cifar10", "cifar100"])
+@pytest.mark.parametrize("binary, protocol", [(False, 2), (False, 4), (False, 5), (True, 0)],
+                         ids=["pickle2", "pickle4", "pickle5", "binary"])
+def test_cifar_reads_back_exactly(tmp_path: Path, hundred: bool, binary: bool,
+                                  protocol: int):
+    written = write_cifar(tmp_path, n_train=103, n_test=17, hundred=hundred, binary=binary,
+                          protocol=protocol)
+    name = "CIFAR100" if hundred else "CIFAR10"
+    read = datasets.load(name, tmp_path)
+    for (images, labels), (want_images, want_labels) in zip(read, written, strict=True):
+        assert images.dtype == np.uint8 and images.shape == want_images.shape
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(labels, want_labels)
+
+
+def test_cifar_in_a_torchvision_subfolder_is_found(tmp_path: Path):
+    (train, _), _ = write_cifar(tmp_path / "CIFAR10", n_train=20, n_test=5)
+    (images, _), _ = datasets.load("CIFAR10", tmp_path)
+    np.testing.assert_array_equal(images, train)
+
+
+def test_idx_reads_back_exactly(tmp_path: Path):
+    make_tiny_dataset(tmp_path, n_train=30, n_test=10)
+    (images, labels), (test_images, _) = datasets.load("FashionMNIST", tmp_path)
+    assert images.shape == (30, 1, 28, 28) and test_images.shape == (10, 1, 28, 28)
+    np.testing.assert_array_equal(images[:, 0],
+                                  read_idx(tmp_path / "train-images-idx3-ubyte.gz"))
+    np.testing.assert_array_equal(labels, read_idx(tmp_path / "train-labels-idx1-ubyte.gz"))
+
+
+def test_missing_cifar_names_every_folder_and_the_download(tmp_path: Path):
+    with pytest.raises(bias_transfer_rs.DataError) as err:
+        datasets.load("CIFAR10", tmp_path)
+    message = str(err.value)
+    assert f"`{tmp_path}/cifar-10-batches-py`" in message
+    assert f"`{tmp_path}/CIFAR10/cifar-10-batches-bin`" in message
+    assert "python -m bias_transfer_rs.datasets CIFAR10 DIR" in message
+
+
+def test_partial_cifar_says_what_is_missing(tmp_path: Path):
+    write_cifar(tmp_path, n_train=20, n_test=5)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(bias_transfer_rs.DataError, match=r"lacks `data_batch_3`"):
+        datasets.load("CIFAR10", tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw[: len(raw) // 2], "truncated"),
+    (lambda raw: b"\x80\x02cos\nsystem\nq\x00.", "refusing the global `os.system`"),
+    (lambda raw: pickle.dumps({b"labels": [1, 2]}, protocol=2), "no `data` array"),
+    (lambda raw: pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]},
+                              protocol=2), "1 labels for 2 images"),
+    (lambda raw: pickle.dumps({b"data": np.zeros((2, 3072), np.float32),
+                               b"labels": [1, 2]}, protocol=2), "expected C-ordered uint8"),
+])
+def test_corrupt_cifar_batch_names_the_file(tmp_path: Path, damage, message: str):
+    write_cifar(tmp_path, n_train=20, n_test=5)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(bias_transfer_rs.DataError) as err:
+        datasets.load("CIFAR10", tmp_path)
+    assert f"`{path}`: corrupt" in str(err.value) and message in str(err.value)
+
+
+def test_cifar_label_out_of_range_is_corrupt(tmp_path: Path):
+    write_cifar(tmp_path, n_train=20, n_test=5, binary=True)
+    path = tmp_path / "cifar-10-batches-bin" / "test_batch.bin"
+    raw = bytearray(path.read_bytes())
+    raw[0] = 12
+    path.write_bytes(bytes(raw))
+    with pytest.raises(bias_transfer_rs.DataError, match="label 12 outside 0..10"):
+        datasets.load("CIFAR10", tmp_path)
+
+
+def make_archive(tmp_path: Path, members: dict[str, bytes]) -> Path:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with tarfile.open(mirror / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return mirror
+
+
+def test_download_unpacks_an_archive_into_the_layout_read(tmp_path: Path):
+    source = tmp_path / "source"
+    (train, _), _ = write_cifar(source, n_train=20, n_test=5)
+    folder = source / "cifar-10-batches-py"
+    mirror = make_archive(tmp_path, {f"cifar-10-batches-py/{p.name}": p.read_bytes()
+                                     for p in folder.iterdir()})
+    root = tmp_path / "data"
+    datasets.download("CIFAR10", root, base_url=mirror.as_uri(), verify=False)
+    (images, _), _ = datasets.load("CIFAR10", root)
+    np.testing.assert_array_equal(images, train)
+    # Published checksums are checked by default; a mismatch leaves nothing behind.
+    with pytest.raises(datasets.DownloadError, match="is not the published"):
+        datasets.download("CIFAR10", tmp_path / "other", base_url=mirror.as_uri())
+    assert list((tmp_path / "other").iterdir()) == []
+
+
+def test_download_refuses_members_outside_the_dataset_folder(tmp_path: Path):
+    mirror = make_archive(tmp_path, {"../evil": b"x"})
+    with pytest.raises(datasets.DownloadError, match="unexpected member `../evil`"):
+        datasets.download("CIFAR10", tmp_path / "data", base_url=mirror.as_uri(),
+                          verify=False)
+    assert not (tmp_path / "evil").exists()
+    assert list((tmp_path / "data").iterdir()) == []
