@@ -107,6 +107,48 @@ def write_cifar(root: Path, n_train: int = 100, n_test: int = 40, hundred: bool 
     return train, test
 
 
+def write_tiny_imagenet(root: Path, classes: int = 3, per_class: int = 4, n_val: int = 6,
+                        sorted_val: bool = False, seed: int = 0) -> dict[str, list]:
+    """TinyImageNet as `tiny-imagenet-200.zip` unpacks: JPEGs under `train/<wnid>/images/`
+    and `val/images/` with `val_annotations.txt` (or, with `sorted_val`, `val/<wnid>/`);
+    one training image is grayscale. Returns `{split: [(path, label)]}` in reading order."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = root / "tiny-imagenet-200"
+    wnids = sorted(f"n{rng.integers(10**7, 10**8)}" for _ in range(classes))
+    (base / "wnids.txt").parent.mkdir(parents=True, exist_ok=True)
+    (base / "wnids.txt").write_text("\n".join(reversed(wnids)) + "\n")
+    out: dict[str, list] = {"train": [], "test": []}
+
+    def image(path: Path, label: int, gray: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        pixels[label * 16: label * 16 + 16] = 255
+        picture = Image.fromarray(pixels)
+        (picture.convert("L") if gray else picture).save(path, format="JPEG", quality=95)
+
+    for label, wnid in enumerate(wnids):
+        for i in range(per_class):
+            path = base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG"
+            image(path, label, gray=(label, i) == (0, 1))
+            out["train"].append((path, label))
+    lines, val = [], []
+    for i in range(n_val):
+        label = int(rng.integers(0, classes))
+        name = f"val_{i}.JPEG"
+        path = base / "val" / (wnids[label] if sorted_val else "images") / name
+        image(path, label)
+        val.append((path, label))
+        lines.append(f"{name}\t{wnids[label]}\t0\t0\t63\t63")
+    if sorted_val:
+        val.sort(key=lambda item: (item[1], item[0].name))
+    else:
+        (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    out["test"] = val
+    return out
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an idx file written by `write_idx` or shipped by the dataset package."""
     raw = path.read_bytes()

@@ -1,5 +1,6 @@
-"""A run on CIFAR-format data with augmentation, normalisation and corrupted test sets in
-the CIFAR-10-C layout: `c_test_acc` and `c_test_loss` by corruption and severity."""
+"""Runs on CIFAR-format data with augmentation, normalisation and corrupted test sets in
+the CIFAR-10-C layout (`c_test_acc` and `c_test_loss` by corruption and severity), and on a
+small TinyImageNet folder."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, run_main, write_cifar, write_recipe
+import bias_transfer_rs
+from conftest import TINY, run_main, write_cifar, write_recipe, write_tiny_imagenet
 
 CIFAR_RECIPE = {
     'dataset_cls="FashionMNIST"': 'dataset_cls="CIFAR10"',
@@ -70,3 +72,24 @@ def test_missing_corrupted_sets_fail_before_training(tmp_path: Path, work_dir: P
     assert f"dataset `CIFAR-10-C`: files not found; looked in `{data}/CIFAR-10-C`" in proc.stderr
     assert "or set `add_corrupted_test=False`" in proc.stderr
     assert not (work_dir / "db").exists()
+
+
+def test_tiny_imagenet_smoke_run_with_a_resnet(tmp_path: Path, work_dir: Path):
+    data = tmp_path / "data"
+    write_tiny_imagenet(data, classes=4, per_class=10, n_val=8)
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, data, {
+        'dataset_cls="FashionMNIST"': 'dataset_cls="TinyImageNet"',
+        "input_size=28": "input_size=64",
+        'cnn_builder="cnn")': 'cnn_builder="resnet", type="18")',
+        "apply_data_augmentation=False": "apply_data_augmentation=True",
+        "apply_data_normalization=False": "apply_data_normalization=True",
+    })
+    proc = run_main(["--recipe", TINY, "--experiment", "tiny", "--smoke"], work_dir, recipes)
+    assert proc.returncode == 0, proc.stderr
+    with sqlite3.connect(work_dir / "db" / "bias_transfer_2026_01_01_tiny.sqlite") as con:
+        (model,) = con.execute("SELECT config FROM model").fetchone()
+        scores = [r[0] for r in con.execute("SELECT score FROM trained_model")]
+    config = bias_transfer_rs.decode(model)
+    assert (config["num_classes"], config["input_size"], config["core_stride"]) == (200, 64, 2)
+    assert len(scores) == 2 and all(0.0 <= s <= 100.0 for s in scores)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 import bias_transfer_rs
 from bias_transfer_rs import datasets
-from conftest import make_tiny_dataset, read_idx, write_cifar
+from conftest import make_tiny_dataset, read_idx, write_cifar, write_tiny_imagenet
 
 
 @pytest.mark.parametrize("hundred", [False, True], ids=["cifar10", "cifar100"])
@@ -125,3 +126,40 @@ def test_download_refuses_members_outside_the_dataset_folder(tmp_path: Path):
                           verify=False)
     assert not (tmp_path / "evil").exists()
     assert list((tmp_path / "data").iterdir()) == []
+
+
+@pytest.mark.parametrize("sorted_val", [False, True], ids=["annotations", "class-folders"])
+def test_tiny_imagenet_reads_jpegs_with_their_classes(tmp_path: Path, sorted_val: bool):
+    from PIL import Image
+
+    files = write_tiny_imagenet(tmp_path, sorted_val=sorted_val)
+    read = datasets.load("TinyImageNet", tmp_path)
+    for (images, labels), split in zip(read, ("train", "test"), strict=True):
+        expected = files[split]
+        assert images.shape == (len(expected), 3, 64, 64)
+        np.testing.assert_array_equal(labels, [label for _, label in expected])
+        for image, (path, _) in zip(images, expected, strict=True):
+            reference = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1)
+            # JPEG decoders differ in their inverse DCT and chroma upsampling: a few levels
+            # at most on these noisy images, well under one on average.
+            diff = np.abs(image.astype(int) - reference.astype(int))
+            assert diff.max() <= 6 and diff.mean() < 0.5
+    (train, _), _ = read
+    gray = train[1]  # the grayscale JPEG: its one channel, repeated
+    np.testing.assert_array_equal(gray[0], gray[1])
+    np.testing.assert_array_equal(gray[0], gray[2])
+
+
+def test_tiny_imagenet_bad_files_are_named(tmp_path: Path):
+    files = write_tiny_imagenet(tmp_path)
+    broken = files["train"][2][0]
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(bias_transfer_rs.DataError, match=re.escape(f"`{broken}`: corrupt: not a "
+                                                                    "readable JPEG")):
+        datasets.load("TinyImageNet", tmp_path)
+    annotations = tmp_path / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    broken.unlink()
+    annotations.write_text("val_0.JPEG\tn00000000\t0\t0\t1\t1\n")
+    with pytest.raises(bias_transfer_rs.DataError,
+                       match="line 1: class `n00000000` has no training folder"):
+        datasets.load("TinyImageNet", tmp_path)

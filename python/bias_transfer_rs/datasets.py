@@ -1,8 +1,9 @@
 """Download the datasets the Rust core reads, into the layouts it looks for.
 
 `python -m bias_transfer_rs.datasets CIFAR10 DIR` fetches and unpacks the python version of
-CIFAR-10 into `DIR/cifar-10-batches-py/`; MNIST and FashionMNIST land as their four idx
-`.gz` files in `DIR/`. Point `data_dir` (or `BT_DATA_DIR`) at `DIR` afterwards."""
+CIFAR-10 into `DIR/cifar-10-batches-py/` (CIFAR-100 into `cifar-100-python/`, TinyImageNet
+into `tiny-imagenet-200/`); MNIST and FashionMNIST land as their four idx `.gz` files in
+`DIR/`. Point `data_dir` (or `BT_DATA_DIR`) at `DIR` afterwards."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 CIFAR = "https://www.cs.toronto.edu/~kriz/"
 FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+TINY = "http://cs231n.stanford.edu/"
 IDX = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
@@ -32,6 +35,7 @@ SOURCES: dict[str, tuple[str, list[str], list[str | None], str | None]] = {
                 "cifar-10-batches-py"),
     "CIFAR100": (CIFAR, ["cifar-100-python.tar.gz"], ["eb9058c3a382ffc7106e4002c42a8d85"],
                  "cifar-100-python"),
+    "TinyImageNet": (TINY, ["tiny-imagenet-200.zip"], [None], "tiny-imagenet-200"),
     "FashionMNIST": (FASHION, IDX, [None] * 4, None),
     "MNIST": (MNIST, IDX, [None] * 4, None),
 }
@@ -43,7 +47,7 @@ def load(dataset_cls: str, root: str | os.PathLike[str]
     (test_images, test_labels))`, images as uint8 `[N, C, H, W]`."""
     from bias_transfer_rs import _core
 
-    size = 28 if dataset_cls in ("MNIST", "FashionMNIST") else 32
+    size = {"MNIST": 28, "FashionMNIST": 28, "TinyImageNet": 64}.get(dataset_cls, 32)
     config = {"dataset_cls": dataset_cls, "input_size": size, "data_dir": str(root)}
     return _core.load_dataset(config, Path.cwd())
 
@@ -74,7 +78,7 @@ def download(dataset_cls: str, root: str | os.PathLike[str], base_url: str | Non
         if folder is None:
             shutil.move(fetched, target)
         else:
-            _unpack(fetched, root, folder)
+            _unpack(fetched, name, root, folder)
             os.unlink(fetched)
     return root
 
@@ -98,14 +102,26 @@ def _fetch(url: str, md5: str | None) -> Path:
     return Path(out.name)
 
 
-def _unpack(archive: Path, root: Path, folder: str) -> None:
-    """Unpack `archive`, which must hold only `folder/...`, into `root` atomically."""
-    with tempfile.TemporaryDirectory(dir=root) as staging, tarfile.open(archive) as tar:
-        for member in tar.getmembers():
-            if not (member.isfile() or member.isdir()) or \
-                    Path(member.name).parts[:1] != (folder,) or ".." in Path(member.name).parts:
-                raise DownloadError(f"`{archive}`: unexpected member `{member.name}`")
-        tar.extractall(staging, filter="data")
+def _unpack(archive: Path, name: str, root: Path, folder: str) -> None:
+    """Unpack `archive` (a `.tar.gz` or `.zip` called `name`), which must hold only
+    `folder/...`, into `root` atomically."""
+    def check(member: str, plain: bool) -> None:
+        parts = Path(member).parts
+        if not plain or parts[:1] != (folder,) or ".." in parts:
+            raise DownloadError(f"`{name}`: unexpected member `{member}`")
+
+    with tempfile.TemporaryDirectory(dir=root) as staging:
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zipped:
+                for info in zipped.infolist():
+                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                    check(info.filename, not is_link)
+                zipped.extractall(staging)
+        else:
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():
+                    check(member.name, member.isfile() or member.isdir())
+                tar.extractall(staging, filter="data")
         os.replace(Path(staging) / folder, root / folder)
 
 

@@ -7,6 +7,7 @@ pub mod corrupted;
 pub mod idx;
 pub mod npy;
 pub mod pickle;
+pub mod tiny_imagenet;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -59,14 +60,16 @@ pub enum Family {
     FashionMnist,
     Cifar10,
     Cifar100,
+    TinyImageNet,
 }
 
 impl Family {
-    const ALL: [Family; 4] = [
+    const ALL: [Family; 5] = [
         Family::Mnist,
         Family::FashionMnist,
         Family::Cifar10,
         Family::Cifar100,
+        Family::TinyImageNet,
     ];
 
     fn parse(name: &str) -> Result<Family, DataError> {
@@ -92,6 +95,7 @@ impl Family {
             Family::FashionMnist => "FashionMNIST",
             Family::Cifar10 => "CIFAR10",
             Family::Cifar100 => "CIFAR100",
+            Family::TinyImageNet => "TinyImageNet",
         }
     }
 
@@ -100,6 +104,7 @@ impl Family {
         match self {
             Family::Mnist | Family::FashionMnist => [1, 28, 28],
             Family::Cifar10 | Family::Cifar100 => [3, 32, 32],
+            Family::TinyImageNet => [3, 64, 64],
         }
     }
 
@@ -117,6 +122,7 @@ impl Family {
                 &[0.507_075_16, 0.486_548_87, 0.440_917_8],
                 &[0.267_334_3, 0.256_438_45, 0.276_150_5],
             ),
+            Family::TinyImageNet => (&[0.4802, 0.4481, 0.3975], &[0.2302, 0.2265, 0.2262]),
         }
     }
 
@@ -127,6 +133,7 @@ impl Family {
             Family::FashionMnist => ["", "FashionMNIST/raw", "FashionMNIST", "fashion-mnist"],
             Family::Cifar10 => ["", "CIFAR10", "cifar10", "cifar"],
             Family::Cifar100 => ["", "CIFAR100", "cifar100", "cifar"],
+            Family::TinyImageNet => ["", "TinyImageNet", "tiny-imagenet", "tiny_imagenet"],
         }
     }
 
@@ -134,6 +141,7 @@ impl Family {
     pub fn num_classes(self) -> i64 {
         match self {
             Family::Cifar100 => 100,
+            Family::TinyImageNet => 200,
             _ => 10,
         }
     }
@@ -162,6 +170,11 @@ impl Family {
                  bias_transfer_rs.datasets CIFAR100 DIR` (or unpack `cifar-100-python.tar.gz` \
                  or `cifar-100-binary.tar.gz` there), then set `data_dir` or `BT_DATA_DIR` to \
                  that folder"
+            }
+            Family::TinyImageNet => {
+                "download and unpack `tiny-imagenet-200.zip` with `python -m \
+                 bias_transfer_rs.datasets TinyImageNet DIR`, then set `data_dir` or \
+                 `BT_DATA_DIR` to that folder"
             }
         }
     }
@@ -300,17 +313,21 @@ impl DatasetSpec {
         } else {
             format!(" ({})", partial.join("; "))
         };
-        let looked = match self.family {
+        let folders = match self.family {
             Family::Cifar10 | Family::Cifar100 => {
-                let hundred = self.family == Family::Cifar100;
-                let folders = cifar::folder_names(hundred);
-                looked
-                    .iter()
-                    .flat_map(|dir| folders.iter().map(move |f| dir.join(f)))
-                    .collect()
+                cifar::folder_names(self.family == Family::Cifar100)
             }
-            _ => looked,
+            Family::TinyImageNet => vec![tiny_imagenet::FOLDER],
+            Family::Mnist | Family::FashionMnist => vec![""],
         };
+        let looked = looked
+            .iter()
+            .flat_map(|dir| folders.iter().map(move |f| dir.join(f)))
+            .map(|p| match p.to_str().and_then(|s| s.strip_suffix('/')) {
+                Some(trimmed) => PathBuf::from(trimmed),
+                None => p,
+            })
+            .collect();
         Err(DataError::Missing {
             dataset: self.family.name().to_string(),
             looked,
@@ -390,6 +407,7 @@ impl DatasetSpec {
                 let found = cifar::find_in(dir, self.family == Family::Cifar100)?;
                 Ok(found.map(DataFiles::Cifar))
             }
+            Family::TinyImageNet => Ok(tiny_imagenet::find_in(dir)?.map(DataFiles::Tiny)),
         }
     }
 }
@@ -399,6 +417,8 @@ impl DatasetSpec {
 pub enum DataFiles {
     Idx(IdxFiles),
     Cifar(cifar::CifarFiles),
+    /// The `tiny-imagenet-200` folder.
+    Tiny(PathBuf),
 }
 
 impl DataFiles {
@@ -407,6 +427,7 @@ impl DataFiles {
         match self {
             DataFiles::Idx(files) => &files.train_images,
             DataFiles::Cifar(files) => &files.test,
+            DataFiles::Tiny(dir) => dir,
         }
     }
 }
@@ -529,17 +550,28 @@ impl RawData {
                 Split::load_idx(&f.train_images, &f.train_labels)?,
                 Split::load_idx(&f.test_images, &f.test_labels)?,
                 [
-                    (&f.train_images, &f.train_labels),
-                    (&f.test_images, &f.test_labels),
+                    (f.train_images.clone(), f.train_labels.clone()),
+                    (f.test_images.clone(), f.test_labels.clone()),
                 ],
             ),
             DataFiles::Cifar(f) => {
                 let [(train_x, train_y), (test_x, test_y)] = cifar::read(f)?;
-                let first = &f.train[0];
+                let first = f.train[0].clone();
                 (
                     Split::new(train_x, train_y),
                     Split::new(test_x, test_y),
-                    [(first, first), (&f.test, &f.test)],
+                    [(first.clone(), first), (f.test.clone(), f.test.clone())],
+                )
+            }
+            DataFiles::Tiny(dir) => {
+                let files = tiny_imagenet::list(dir)?;
+                let (train_x, train_y) = tiny_imagenet::read(&files.train)?;
+                let (test_x, test_y) = tiny_imagenet::read(&files.test)?;
+                let (train, val) = (dir.join("train"), dir.join("val"));
+                (
+                    Split::new(train_x, train_y),
+                    Split::new(test_x, test_y),
+                    [(train.clone(), train), (val.clone(), val)],
                 )
             }
         };
@@ -553,13 +585,16 @@ impl RawData {
             if i.count == 0 || i.shape() != [c, h, w] {
                 let shape = format!("{} images of {}x{}x{}", i.count, i.channels, i.rows, i.cols);
                 return Err(corrupt(
-                    images,
+                    &images,
                     format!("{shape}, expected {c}x{h}x{w} images"),
                 ));
             }
             let classes = family.num_classes();
             if let Some(bad) = split.labels.iter().find(|&&l| !(0..classes).contains(&l)) {
-                return Err(corrupt(labels, format!("label {bad} outside 0..{classes}")));
+                return Err(corrupt(
+                    &labels,
+                    format!("label {bad} outside 0..{classes}"),
+                ));
             }
         }
         Ok(RawData {
