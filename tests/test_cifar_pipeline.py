@@ -5,14 +5,19 @@ small TinyImageNet folder."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import bias_transfer_rs
-from conftest import TINY, run_main, write_cifar, write_recipe, write_tiny_imagenet
+from conftest import RECIPES, TINY, run_main, write_cifar, write_recipe, write_tiny_imagenet
 
 CIFAR_RECIPE = {
     'dataset_cls="FashionMNIST"': 'dataset_cls="CIFAR10"',
@@ -93,3 +98,52 @@ def test_tiny_imagenet_smoke_run_with_a_resnet(tmp_path: Path, work_dir: Path):
     config = bias_transfer_rs.decode(model)
     assert (config["num_classes"], config["input_size"], config["core_stride"]) == (200, 64, 2)
     assert len(scores) == 2 and all(0.0 <= s <= 100.0 for s in scores)
+
+
+VGG_RECIPE = {
+    'dataset_cls="FashionMNIST"': 'dataset_cls="CIFAR10"',
+    "input_size=28": "input_size=32",
+    'cnn_builder="cnn")': 'cnn_builder="vgg", type="11_bn")',
+    "apply_data_augmentation=False": "apply_data_augmentation=True",
+    "apply_data_normalization=False": "apply_data_normalization=True",
+    'comment="Noisy", num_epochs=2': 'comment="Noisy", num_epochs=4',
+}
+
+
+def weights(work: Path) -> dict[str, str]:
+    with sqlite3.connect(work / "db" / "bias_transfer_2026_01_01_tiny.sqlite") as con:
+        return dict(con.execute("SELECT comment, weights_sha256 FROM trained_model"))
+
+
+def test_batch_norm_dropout_and_augmentation_repeat_exactly_and_resume(tmp_path: Path):
+    """A VGG with batch norm and dropout, trained with augmentation and noise: two runs give
+    the same weights, and so does a run stopped after its second epoch and resumed."""
+    data = tmp_path / "data"
+    write_cifar(data, n_train=300, n_test=30)
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, data, VGG_RECIPE)
+    args = ["--recipe", TINY, "--experiment", "tiny"]
+    runs = []
+    for name in ("a", "b"):
+        proc = run_main(args, tmp_path / name, recipes)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(weights(tmp_path / name))
+    assert runs[0] == runs[1] and len(runs[0]) == 2
+
+    work = tmp_path / "stopped"
+    env = {**os.environ, "BT_WORK_DIR": str(work), "BT_LOG": "info"}
+    proc = subprocess.Popen(
+        [sys.executable, str(RECIPES / "main.py"), "--recipes-dir", str(recipes), "--quiet",
+         "--dev-mode", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "Noisy -> Transfer 1/2] epoch 2/4" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    resumed = run_main(args, work, recipes)
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resuming after epoch [23]/4 from its checkpoint", resumed.stderr)
+    assert weights(work) == runs[0]
