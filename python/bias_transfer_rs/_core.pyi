@@ -36,6 +36,7 @@ __all__ = [
     "resolve_commits",
     "resolve_pins",
     "run_plan",
+    "train_steps",
     "trained_models",
     "validate_schema",
     "working_tree_state",
@@ -154,6 +155,15 @@ def load_weights(
     dataset_config: dict[str, Any],
     weights: str | PathLike[str],
 ) -> TrainedModel: ...
+def train_steps(
+    model_config: dict[str, Any],
+    trainer_config: dict[str, Any],
+    weights: str | PathLike[str],
+    images: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int64],
+    steps: int,
+    out: str | PathLike[str],
+) -> None: ...
 def init_weights(
     model_config: dict[str, Any], seed: int, path: str | PathLike[str]
 ) -> None: ...

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use numpy::ndarray::{Array2, ArrayD, IxDyn};
-use numpy::{IntoPyArray, PyArray2, PyArrayDyn, PyReadonlyArray4, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray2, PyArrayDyn, PyReadonlyArray1, PyReadonlyArray4, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
 use super::{run_error, to_python, to_value, TrainingError};
@@ -170,7 +172,37 @@ fn init_weights(
         .map_err(training_error)
 }
 
+/// Load `weights` into the model of `model_config`, take `steps` steps of the optimiser of
+/// `trainer_config` on one batch (float32 `[N, C, H, W]` images, int64 labels) and save the
+/// weights to `out`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn train_steps(
+    py: Python<'_>,
+    model_config: &Bound<'_, PyAny>,
+    trainer_config: &Bound<'_, PyAny>,
+    weights: PathBuf,
+    images: PyReadonlyArray4<'_, f32>,
+    labels: PyReadonlyArray1<'_, i64>,
+    steps: usize,
+    out: PathBuf,
+) -> PyResult<()> {
+    let (model, trainer) = (to_value(model_config)?, to_value(trainer_config)?);
+    let shape = images.shape();
+    let shape = [shape[0], shape[1], shape[2], shape[3]].map(|d| d as i64);
+    let batch = crate::train::trained::StepBatch {
+        images: images.as_slice()?,
+        shape,
+        labels: labels.as_slice()?,
+    };
+    py.allow_threads(|| {
+        crate::train::trained::train_steps(&model, &trainer, &weights, &batch, steps, &out)
+    })
+    .map_err(training_error)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(train_steps, m)?)?;
     m.add_class::<TrainedModel>()?;
     m.add_function(wrap_pyfunction!(load_trained, m)?)?;
     m.add_function(wrap_pyfunction!(load_weights, m)?)?;

@@ -121,6 +121,54 @@ pub fn init_weights(model_config: &Value, seed: i64, path: &Path) -> Result<(), 
     })
 }
 
+/// One training batch for [`train_steps`]: images `[N, C, H, W]` row-major and labels.
+pub struct StepBatch<'a> {
+    pub images: &'a [f32],
+    pub shape: [i64; 4],
+    pub labels: &'a [i64],
+}
+
+/// Load `weights` into the model of `model_config`, take `steps` steps of the optimiser of
+/// `trainer_config` on `batch` (cross-entropy, training mode), and save the weights to
+/// `out`: what one batch of training does, for comparison with PyTorch.
+pub fn train_steps(
+    model_config: &Value,
+    trainer_config: &Value,
+    weights: &Path,
+    batch: &StepBatch,
+    steps: usize,
+    out: &Path,
+) -> Result<(), TrainingError> {
+    let spec = ModelSpec::from_config(model_config)?;
+    let trainer = super::TrainerSpec::from_config(trainer_config)?;
+    let [n, c, h, w] = batch.shape;
+    if batch.images.len() as i64 != n * c * h * w || batch.labels.len() as i64 != n {
+        return Err(TrainingError::Model(format!(
+            "{} values and {} labels are not a batch of {:?}",
+            batch.images.len(),
+            batch.labels.len(),
+            batch.shape
+        )));
+    }
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = model::build(&vs.root(), &spec);
+    let weights_error = |path: &Path, e: tch::TchError| TrainingError::Weights {
+        path: path.display().to_string(),
+        reason: e.to_string().lines().next().unwrap_or_default().to_string(),
+    };
+    vs.load(weights).map_err(|e| weights_error(weights, e))?;
+    let xs = Tensor::from_slice(batch.images).view(batch.shape);
+    let ys = Tensor::from_slice(batch.labels);
+    let mut opt = super::optim::Optimizer::new(&vs, &trainer);
+    for _ in 0..steps {
+        let logits = net.forward_t(&xs, true).logits;
+        let loss =
+            logits.f_cross_entropy_loss::<Tensor>(&ys, None, tch::Reduction::Mean, -100, 0.0)?;
+        opt.backward_step(&loss);
+    }
+    vs.save(out).map_err(|e| weights_error(out, e))
+}
+
 fn to_vec(t: &Tensor) -> Result<Vec<f32>, TrainingError> {
     let flat = t.detach().to_kind(Kind::Float).contiguous().view([-1]);
     Ok(Vec::<f32>::try_from(&flat)?)
