@@ -75,7 +75,8 @@ def corrupt(folder: Path, kind: str) -> None:
 @pytest.mark.parametrize("kind,message", [
     ("truncated", "train-images-idx3-ubyte.gz`: "),
     ("small images", "600 images of 1x10x10, expected 1x28x28 images"),
-    ("bad label", "t10k-labels-idx1-ubyte.gz`: corrupt: label 12 outside 0..10"),
+    ("bad label", "t10k-labels-idx1-ubyte.gz`: corrupt: label 12 is not a class: there are "
+                  "10, labelled 0 to 9"),
     ("count mismatch", "150 labels for 600 images"),
     ("missing file", "lacks `t10k-labels-idx1-ubyte[.gz]`"),
     ("no images", "0 images of 1x28x28, expected 1x28x28"),

@@ -88,8 +88,27 @@ def test_cifar_label_out_of_range_is_corrupt(tmp_path: Path):
     raw = bytearray(path.read_bytes())
     raw[0] = 12
     path.write_bytes(bytes(raw))
-    with pytest.raises(bias_transfer_rs.DataError, match="label 12 outside 0..10"):
+    with pytest.raises(bias_transfer_rs.DataError,
+                       match="label 12 is not a class: there are 10, labelled 0 to 9"):
         datasets.load("CIFAR10", tmp_path)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["python", "binary"])
+def test_a_bad_label_names_its_own_training_file(tmp_path: Path, binary: bool):
+    write_cifar(tmp_path, n_train=20, n_test=5, binary=binary)
+    if binary:
+        path = tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin"
+        raw = bytearray(path.read_bytes())
+        raw[0] = 10
+        path.write_bytes(bytes(raw))
+    else:
+        path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+        batch = pickle.loads(path.read_bytes(), encoding="bytes")
+        batch[b"labels"][0] = -1
+        path.write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(bias_transfer_rs.DataError) as err:
+        datasets.load("CIFAR10", tmp_path)
+    assert str(err.value).startswith(f"`{path}`: corrupt: label {10 if binary else -1} is not")
 
 
 def make_archive(tmp_path: Path, members: dict[str, bytes]) -> Path:
@@ -163,3 +182,50 @@ def test_tiny_imagenet_bad_files_are_named(tmp_path: Path):
     with pytest.raises(bias_transfer_rs.DataError,
                        match="line 1: class `n00000000` has no training folder"):
         datasets.load("TinyImageNet", tmp_path)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("../../train/x.JPEG\tn0\t0\t0\t1\t1", "line 1: `../../train/x.JPEG` is not a file name"),
+    ("val_0.JPEG\t{wnid}\t0\t0\t1\t1\nval_0.JPEG\t{wnid}\t0\t0\t1\t1",
+     "line 2: `val_0.JPEG` is listed twice"),
+    ("val_99.JPEG\t{wnid}\t0\t0\t1\t1", "line 1: `{val}/images/val_99.JPEG` does not exist"),
+    ("", "lists no images"),
+])
+def test_tiny_imagenet_annotation_problems_name_the_line(tmp_path: Path, line: str,
+                                                         message: str):
+    write_tiny_imagenet(tmp_path)
+    val = tmp_path / "tiny-imagenet-200" / "val"
+    wnid = sorted(p.name for p in (val.parent / "train").iterdir())[0]
+    (val / "val_annotations.txt").write_text(line.format(wnid=wnid) + "\n")
+    with pytest.raises(bias_transfer_rs.DataError, match=re.escape(message.format(val=val))):
+        datasets.load("TinyImageNet", tmp_path)
+
+
+def test_tiny_imagenet_without_annotations_says_so(tmp_path: Path):
+    write_tiny_imagenet(tmp_path)
+    annotations = tmp_path / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    annotations.unlink()
+    with pytest.raises(bias_transfer_rs.DataError, match=re.escape(
+            f"`{annotations}`: corrupt: missing: it labels the images in `val/images/`")):
+        datasets.load("TinyImageNet", tmp_path)
+
+
+def test_a_short_corrupted_set_fails_before_anything_trains(tmp_path: Path):
+    _, (test_images, test_labels) = write_cifar(tmp_path, n_train=20, n_test=10)
+    folder = tmp_path / "CIFAR-10-C"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.tile(test_labels, 5))
+    hwc = np.tile(test_images.transpose(0, 2, 3, 1), (5, 1, 1, 1))
+    np.save(folder / "fog.npy", hwc)
+    raw = (folder / "fog.npy").read_bytes()
+    (folder / "fog.npy").write_bytes(raw[: len(raw) - 100])
+    np.save(folder / "snow.npy", np.asfortranarray(hwc))
+    config = {"dataset_cls": "CIFAR10", "input_size": 32, "data_dir": str(tmp_path),
+              "add_corrupted_test": True}
+    with pytest.raises(bias_transfer_rs.DataError, match="fog.npy`: corrupt: shape "
+                       r"\[50, 32, 32, 3\] needs 153600 bytes, found 153500"):
+        bias_transfer_rs._core.load_dataset(config, tmp_path)
+    (folder / "fog.npy").unlink()
+    with pytest.raises(bias_transfer_rs.DataError, match="snow.npy`: corrupt: dtype `|u1` in "
+                       "Fortran order"):
+        bias_transfer_rs._core.load_dataset(config, tmp_path)

@@ -192,3 +192,46 @@ def test_optimiser_steps_match_pytorch(case: str, steps: int, optimiser: str, tm
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=name)
         moved += not torch.equal(expected, safetensors_io.load(start)[name])
     assert moved > len(ours) // 2  # the steps changed most tensors
+
+
+def test_loading_weights_is_strict_and_names_the_culprit(tmp_path: Path):
+    model_config, dataset_config = config("cnn")
+    good = build(model_config).state_dict()
+    cases = {
+        "extra": ({**good, "extra.weight": torch.zeros(3)},
+                  "holds tensors the model lacks: `extra.weight`"),
+        "missing": ({k: v for k, v in good.items() if k != "readout.bias"},
+                    "lacks `readout.bias`"),
+        "shape": ({**good, "readout.bias": torch.zeros(11)},
+                  "`readout.bias` has shape [11], the model [10]"),
+        "integer": ({**good, "readout.weight": good["readout.weight"].long()},
+                    "`readout.weight` is Int64, the model holds Float"),
+    }
+    for name, (state, message) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        safetensors_io.save(state, path)
+        with pytest.raises(bias_transfer_rs.TrainingError, match=re.escape(message)):
+            load_weights(model_config, dataset_config, path)
+    pt = tmp_path / "w.pt"
+    torch.save(good, pt)
+    with pytest.raises(bias_transfer_rs.TrainingError, match="not a `.safetensors` file"):
+        load_weights(model_config, dataset_config, pt)
+    with pytest.raises(bias_transfer_rs.TrainingError, match="no such file"):
+        load_weights(model_config, dataset_config, tmp_path / "none.safetensors")
+    # Other float widths convert, as PyTorch's `load_state_dict` converts them.
+    path = tmp_path / "double.safetensors"
+    safetensors_io.save({k: v.double() for k, v in good.items()}, path)
+    load_weights(model_config, dataset_config, path)
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"cnn_builder": "resnet", "type": "19"}, "`type` `19` is not a `resnet` model"),
+    ({"cnn_builder": "vgg", "type": "11bn"}, "`type` `11bn` is not a `vgg` model"),
+    ({"cnn_builder": "vgg", "type": "11", "readout_type": "sparse"},
+     "`readout_type` `sparse` is unknown"),
+    ({"cnn_builder": "vgg", "type": "11", "input_size": 28}, "VGG pools five times"),
+    ({"cnn_builder": "cnn", "num_classes": 0}, "`num_classes` must be at least 1"),
+])
+def test_torch_modules_are_checked_as_the_core_checks(model: dict, message: str):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build({"dataset_cls": "CIFAR10", "input_size": 32, **model})

@@ -120,7 +120,12 @@ def test_readout_reset_every_epoch_is_reproducible(tmp_path: Path):
       'noise_adv_classification=True)'}, "set `noise_adv_classification` or "
                                          "`noise_adv_regression`, not both"),
     ({'comment="Noisy", num_epochs=2': 'comment="Noisy", num_epochs=2, '
-      'noise_adv_gamma=-1.0'}, "`noise_adv_gamma=-1` is invalid; it must be >= 0"),
+      'noise_adv_gamma=-1.0'}, "`noise_adv_gamma=-1` is invalid; it must be a finite number"),
+    ({'comment="Noisy", num_epochs=2': 'comment="Noisy", num_epochs=2, '
+      'representation_matching={"second_noise_std": {0.3: 2.0}}'},
+     "trainer config: `representation_matching`: `noise_std`: fractions sum to 2"),
+    ({'cnn_builder="cnn")': 'cnn_builder="resnet", type=18.0)'},
+     "model config: option `type`: expected a string"),
 ])
 def test_bad_module_options_fail_before_anything_is_written(tmp_path: Path, work_dir: Path,
                                                             replace: dict, message: str):

@@ -183,22 +183,46 @@ def _channels(model_config: dict[str, Any]) -> int:
     return 1 if small and model_config.get("dataset_cls") in GRAY else 3
 
 
-def _network(model_config: dict[str, Any]) -> nn.Module:
+def _check(model_config: dict[str, Any]) -> None:
+    """The checks of the Rust core's model options, with its messages, as `ValueError`."""
     builder = model_config.get("cnn_builder", "resnet")
     kind = str(model_config.get("type", "50"))
-    num_classes = int(model_config.get("num_classes") or 10)
-    input_size = int(model_config.get("input_size") or 32)
+    if builder == "resnet" and not (kind.isdigit() and int(kind) in RESNET_LAYOUTS):
+        valid = ", ".join(f"`{d}`" for d in sorted(RESNET_LAYOUTS))
+        raise ValueError(f"`type` `{kind}` is not a `resnet` model; valid: {valid}")
+    depth = kind.removesuffix("_bn")
+    if builder == "vgg" and not (depth.isdigit() and int(depth) in VGG_LAYOUTS):
+        raise ValueError(f"`type` `{kind}` is not a `vgg` model; valid: 11, 13, 16, 19, with "
+                         "an optional `_bn`")
+    if builder not in ("resnet", "vgg", "cnn", "mlp"):
+        raise ValueError(f"`cnn_builder` `{builder}` is unknown; valid: `resnet`, `vgg`, "
+                         "`cnn`, `mlp`")
+    readout = model_config.get("readout_type", "dense")
+    if readout not in ("dense", "conv"):
+        raise ValueError(f"`readout_type` `{readout}` is unknown; valid: `dense`, `conv`")
+    size = int(model_config.get("input_size", 32))
+    if builder == "vgg" and size % 32:
+        raise ValueError(f"`input_size={size}`: a VGG pools five times and takes a multiple "
+                         "of 32 px")
+    if int(model_config.get("num_classes", 10)) < 1:
+        raise ValueError("`num_classes` must be at least 1")
+
+
+def _network(model_config: dict[str, Any]) -> nn.Module:
+    _check(model_config)
+    builder = model_config.get("cnn_builder", "resnet")
+    kind = str(model_config.get("type", "50"))
+    num_classes = int(model_config.get("num_classes", 10))
+    input_size = int(model_config.get("input_size", 32))
     if builder in ("cnn", "mlp"):
         cls = SmallCnn if builder == "cnn" else Mlp
         return cls(num_classes, _channels(model_config), input_size)
     if builder == "resnet":
-        stride = model_config.get("core_stride") or (2 if input_size > 32 else 1)
+        stride = model_config.get("core_stride", 2 if input_size > 32 else 1)
         return ResNet(int(kind), num_classes, int(stride),
-                      int(model_config.get("conv_stem_kernel_size") or 3))
-    if builder == "vgg":
-        return Vgg(int(kind.removesuffix("_bn")), kind.endswith("_bn"), num_classes,
-                   str(model_config.get("readout_type") or "dense"), input_size)
-    raise ValueError(f"`cnn_builder={builder!r}` has no PyTorch module here")
+                      int(model_config.get("conv_stem_kernel_size", 3)))
+    return Vgg(int(kind.removesuffix("_bn")), kind.endswith("_bn"), num_classes,
+               str(model_config.get("readout_type", "dense")), input_size)
 
 
 class TrainedModel:

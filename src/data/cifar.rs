@@ -143,6 +143,9 @@ fn read_file(path: &Path, files: &CifarFiles) -> Result<(Images, Vec<i64>), Data
         Format::Python => python_batch(&bytes, files.hundred).map_err(corrupt)?,
         Format::Binary => binary_batch(&bytes, files.hundred).map_err(corrupt)?,
     };
+    if let Some(reason) = super::bad_label(&labels, if files.hundred { 100 } else { 10 }) {
+        return Err(corrupt(reason));
+    }
     let images = Images {
         count: labels.len(),
         channels: 3,

@@ -37,12 +37,17 @@ impl Corrupted {
     /// Find and check the sets in `dir`: every file's header, shape and row count.
     pub fn open(dir: &Path, family: Family) -> Result<Corrupted, DataError> {
         let labels_path = dir.join("labels.npy");
+        if !labels_path.is_file() {
+            return Err(DataError::Corrupt {
+                path: dir.to_path_buf(),
+                reason: "no `labels.npy`: the corrupted test sets need their labels".into(),
+            });
+        }
         let labels = npy::read_labels(&labels_path)?;
-        let classes = family.num_classes();
-        if let Some(bad) = labels.iter().find(|&&l| !(0..classes).contains(&l)) {
+        if let Some(reason) = super::bad_label(&labels, family.num_classes()) {
             return Err(DataError::Corrupt {
                 path: labels_path,
-                reason: format!("label {bad} outside 0..{classes}"),
+                reason,
             });
         }
         if labels.is_empty() || !labels.len().is_multiple_of(SEVERITIES) {
@@ -73,14 +78,14 @@ impl Corrupted {
         }
         let [c, h, w] = family.shape();
         for (_, path) in &corruptions {
-            let header = npy::header(path)?;
+            let header = npy::check(path, &["|u1"])?;
             let want = vec![labels.len(), h, w, c];
-            if header.shape != want || header.dtype != "|u1" {
+            if header.shape != want {
                 return Err(DataError::Corrupt {
                     path: path.clone(),
                     reason: format!(
-                        "`{}` {:?}, expected `|u1` {want:?} to match `labels.npy`",
-                        header.dtype, header.shape
+                        "shape {:?}, expected {want:?} to match `labels.npy`",
+                        header.shape
                     ),
                 });
             }
@@ -153,12 +158,8 @@ mod tests {
         assert!(image[..1024].iter().all(|&v| v == 0));
         assert!(image[2048..].iter().all(|&v| v == 2));
 
-        write_npy(
-            &dir.path().join("fog.npy"),
-            "|u1",
-            &[n - 1, 32, 32, 3],
-            &pixels,
-        );
+        let fog = dir.path().join("fog.npy");
+        write_npy(&fog, "|u1", &[n - 1, 32, 32, 3], &pixels[..(n - 1) * 3072]);
         let err = Corrupted::open(dir.path(), Family::Cifar10)
             .unwrap_err()
             .to_string();
@@ -166,5 +167,12 @@ mod tests {
             err.contains("fog.npy") && err.contains("to match `labels.npy`"),
             "{err}"
         );
+        // A short file is found when the sets are opened, before anything trains.
+        write_npy(&fog, "|u1", &[n, 32, 32, 3], &pixels[..100]);
+        let err = Corrupted::open(dir.path(), Family::Cifar10)
+            .unwrap_err()
+            .to_string();
+        let short = "fog.npy`: corrupt: shape [10, 32, 32, 3] needs 30720 bytes, found 100";
+        assert!(err.contains(short), "{err}");
     }
 }

@@ -589,12 +589,8 @@ impl RawData {
                     format!("{shape}, expected {c}x{h}x{w} images"),
                 ));
             }
-            let classes = family.num_classes();
-            if let Some(bad) = split.labels.iter().find(|&&l| !(0..classes).contains(&l)) {
-                return Err(corrupt(
-                    &labels,
-                    format!("label {bad} outside 0..{classes}"),
-                ));
+            if let Some(reason) = bad_label(&split.labels, family.num_classes()) {
+                return Err(corrupt(&labels, reason));
             }
         }
         Ok(RawData {
@@ -617,6 +613,15 @@ pub fn read(
     let mut raw = RawData::load(&files, spec.family)?;
     raw.corrupted = spec.locate_corrupted(base, override_dir)?;
     Ok(raw)
+}
+
+/// The first label that is not a class index below `classes`, described.
+pub fn bad_label(labels: &[i64], classes: i64) -> Option<String> {
+    let bad = labels.iter().find(|&&l| !(0..classes).contains(&l))?;
+    Some(format!(
+        "label {bad} is not a class: there are {classes}, labelled 0 to {}",
+        classes - 1
+    ))
 }
 
 /// A loaded dataset with its train/validation split, prepared for a model.

@@ -2,7 +2,7 @@
 //! naming the dtype, the order and the shape, then the raw array.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
 use super::DataError;
@@ -43,7 +43,9 @@ fn read_header<R: Read>(path: &Path, reader: &mut R) -> Result<Header, DataError
         source,
     };
     let mut lead = [0u8; 8];
-    reader.read_exact(&mut lead).map_err(io)?;
+    if reader.read_exact(&mut lead).is_err() {
+        return Err(corrupt(path, "shorter than a `.npy` header".into()));
+    }
     if &lead[..6] != MAGIC {
         return Err(corrupt(
             path,
@@ -104,57 +106,62 @@ fn parse_header(text: &str) -> Result<Header, String> {
     })
 }
 
-/// Read only the header of the file at `path`.
-pub fn header(path: &Path) -> Result<Header, DataError> {
-    let file = File::open(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    read_header(path, &mut BufReader::new(file))
-}
-
 /// Read a C-ordered array of `expect` dtypes (e.g. `["|u1"]`), checking its size.
 pub fn read(path: &Path, expect: &[&str]) -> Result<(Header, Vec<u8>), DataError> {
-    let file = File::open(path).map_err(|source| DataError::Io {
+    let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    let header = read_header(path, &mut reader)?;
+    check_dtype(path, &header, expect)?;
+    let mut data = Vec::new();
+    reader.read_to_end(&mut data).map_err(io)?;
+    check_size(path, &header, data.len())?;
+    Ok((header, data))
+}
+
+/// Read the header and check, without reading the data, that the file is a C-ordered
+/// array of one of the `expect` dtypes holding as many bytes as its shape needs.
+pub fn check(path: &Path, expect: &[&str]) -> Result<Header, DataError> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let total = file.metadata().map_err(io)?.len() as usize;
     let mut reader = BufReader::new(file);
     let header = read_header(path, &mut reader)?;
-    if !expect.contains(&header.dtype.as_str()) || header.fortran_order {
-        return Err(corrupt(
-            path,
-            format!(
-                "dtype `{}`{}, expected C-ordered {}",
-                header.dtype,
-                if header.fortran_order {
-                    " in Fortran order"
-                } else {
-                    ""
-                },
-                expect.join(" or ")
-            ),
-        ));
+    check_dtype(path, &header, expect)?;
+    let at = reader.stream_position().map_err(io)? as usize;
+    check_size(path, &header, total.saturating_sub(at))?;
+    Ok(header)
+}
+
+fn check_dtype(path: &Path, header: &Header, expect: &[&str]) -> Result<(), DataError> {
+    if expect.contains(&header.dtype.as_str()) && !header.fortran_order {
+        return Ok(());
     }
+    let order = if header.fortran_order {
+        " in Fortran order"
+    } else {
+        ""
+    };
+    let reason = format!(
+        "dtype `{}`{order}, expected C-ordered {}",
+        header.dtype,
+        expect.join(" or ")
+    );
+    Err(corrupt(path, reason))
+}
+
+fn check_size(path: &Path, header: &Header, found: usize) -> Result<(), DataError> {
     let size = header.item_size().unwrap_or(1) * header.shape.iter().product::<usize>();
-    let mut data = Vec::with_capacity(size);
-    reader
-        .read_to_end(&mut data)
-        .map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if data.len() != size {
-        return Err(corrupt(
-            path,
-            format!(
-                "shape {:?} needs {size} bytes, found {}",
-                header.shape,
-                data.len()
-            ),
-        ));
+    if found == size {
+        return Ok(());
     }
-    Ok((header, data))
+    let reason = format!("shape {:?} needs {size} bytes, found {found}", header.shape);
+    Err(corrupt(path, reason))
 }
 
 /// Integer labels from a `.npy` array of `uint8`, `int32` or `int64`.
@@ -219,7 +226,7 @@ pub(crate) mod tests {
         let err = read(&labels, &["|u1"]).unwrap_err().to_string();
         assert!(err.contains("dtype `<i8`, expected C-ordered |u1"), "{err}");
         std::fs::write(&path, b"PK\x03\x04 not numpy").unwrap();
-        let err = super::header(&path).unwrap_err().to_string();
+        let err = check(&path, &["|u1"]).unwrap_err().to_string();
         assert!(err.contains("not a `.npy` file"), "{err}");
     }
 }

@@ -16,6 +16,8 @@ use super::{DataError, Images};
 pub const FOLDER: &str = "tiny-imagenet-200";
 /// Side of the images, in pixels.
 pub const SIDE: usize = 64;
+/// Classes of the full dataset.
+pub const CLASSES: usize = 200;
 
 /// The image files of both splits, labelled.
 #[derive(Clone, Debug)]
@@ -92,8 +94,9 @@ pub fn find_in(root: &Path) -> Result<Option<PathBuf>, String> {
 pub fn list(dir: &Path) -> Result<TinyFiles, DataError> {
     let train_dir = dir.join("train");
     let classes = subfolders(&train_dir)?;
-    if classes.is_empty() {
-        return Err(corrupt(&train_dir, "no class folders".into()));
+    if classes.is_empty() || classes.len() > CLASSES {
+        let reason = format!("{} class folders, expected 1 to {CLASSES}", classes.len());
+        return Err(corrupt(&train_dir, reason));
     }
     let index: HashMap<&str, i64> = classes
         .iter()
@@ -113,26 +116,12 @@ pub fn list(dir: &Path) -> Result<TinyFiles, DataError> {
     let val = dir.join("val");
     let annotations = val.join("val_annotations.txt");
     let test = if annotations.is_file() {
-        let text = std::fs::read_to_string(&annotations).map_err(io(&annotations))?;
-        let mut test = Vec::new();
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let mut fields = line.split('\t');
-            let (Some(file), Some(wnid)) = (fields.next(), fields.next()) else {
-                return Err(corrupt(&annotations, format!("line {}: no class", n + 1)));
-            };
-            let label = *index.get(wnid).ok_or_else(|| {
-                corrupt(
-                    &annotations,
-                    format!("line {}: class `{wnid}` has no training folder", n + 1),
-                )
-            })?;
-            test.push((val.join("images").join(file), label));
-        }
-        test
+        annotated(&val, &annotations, &index)?
+    } else if val.join("images").is_dir() {
+        return Err(corrupt(
+            &annotations,
+            "missing: it labels the images in `val/images/`".into(),
+        ));
     } else {
         let mut test = Vec::new();
         for class in subfolders(&val)? {
@@ -157,6 +146,47 @@ pub fn list(dir: &Path) -> Result<TinyFiles, DataError> {
         train,
         test,
     })
+}
+
+/// The validation images `val_annotations.txt` labels: one line per image of `val/images/`,
+/// its file name and its class, tab-separated.
+fn annotated(
+    val: &Path,
+    annotations: &Path,
+    index: &HashMap<&str, i64>,
+) -> Result<Vec<(PathBuf, i64)>, DataError> {
+    let text = std::fs::read_to_string(annotations).map_err(io(annotations))?;
+    let mut test = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let at = |reason: String| corrupt(annotations, format!("line {}: {reason}", n + 1));
+        let mut fields = line.split('\t');
+        let (Some(file), Some(wnid)) = (fields.next(), fields.next()) else {
+            return Err(at("no class".into()));
+        };
+        if file.contains(['/', '\\']) || file.starts_with('.') {
+            return Err(at(format!("`{file}` is not a file name in `val/images/`")));
+        }
+        if !seen.insert(file) {
+            return Err(at(format!("`{file}` is listed twice")));
+        }
+        let label = *index
+            .get(wnid)
+            .ok_or_else(|| at(format!("class `{wnid}` has no training folder")))?;
+        let path = val.join("images").join(file);
+        if !path.is_file() {
+            return Err(at(format!("`{}` does not exist", path.display())));
+        }
+        test.push((path, label));
+    }
+    if test.is_empty() {
+        return Err(corrupt(annotations, "lists no images".into()));
+    }
+    Ok(test)
 }
 
 /// Decode `files` in parallel into 64 px RGB planes.

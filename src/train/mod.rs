@@ -82,6 +82,13 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Read and check the options of a model config.
     pub fn from_config(config: &Value) -> Result<ModelSpec, TrainingError> {
+        ModelSpec::parse(config).map_err(|e| match e {
+            TrainingError::Config(e) => TrainingError::Model(e.to_string()),
+            other => other,
+        })
+    }
+
+    fn parse(config: &Value) -> Result<ModelSpec, TrainingError> {
         let opts = Options::new(config);
         let arch = arch(&opts)?;
         if opts.bool_or("pretrained", false)? {
@@ -320,13 +327,13 @@ impl TrainerSpec {
                 "noise_adv_loss_factor",
                 self.noise_adv_loss_factor,
                 self.noise_adv_loss_factor >= 0.0,
-                ">= 0",
+                "a finite number >= 0",
             ),
             (
                 "noise_adv_gamma",
                 self.noise_adv_gamma,
                 self.noise_adv_gamma >= 0.0,
-                ">= 0",
+                "a finite number >= 0",
             ),
         ];
         for (option, value, ok, valid) in ranges {

@@ -17,9 +17,22 @@ pub struct ReadoutReset {
     pub batches: Option<usize>,
 }
 
+/// Errors reading a nested option, prefixed with the option's name.
+fn within(option: &str) -> impl Fn(TrainingError) -> TrainingError + '_ {
+    move |e| match e {
+        TrainingError::Config(e) => bad(format!("`{option}`: {e}")),
+        TrainingError::Noise(e) => bad(format!("`{option}`: {e}")),
+        other => other,
+    }
+}
+
 impl ReadoutReset {
     /// Read `{"epoch": n, "batch": m}` (either or both).
     pub fn from_value(value: &Value) -> Result<Option<ReadoutReset>, TrainingError> {
+        ReadoutReset::parse(value).map_err(within("reset_linear_frequency"))
+    }
+
+    fn parse(value: &Value) -> Result<Option<ReadoutReset>, TrainingError> {
         let Value::Dict(_) = value else {
             return match value {
                 Value::None => Ok(None),
@@ -151,6 +164,10 @@ const REP_KEYS: [&str; 6] = [
 impl RepMatch {
     /// Read `representation_matching`: a dict of [`REP_KEYS`].
     pub fn from_value(value: &Value) -> Result<Option<RepMatch>, TrainingError> {
+        RepMatch::parse(value).map_err(within("representation_matching"))
+    }
+
+    fn parse(value: &Value) -> Result<Option<RepMatch>, TrainingError> {
         let Value::Dict(_) = value else {
             return match value {
                 Value::None => Ok(None),
@@ -197,7 +214,7 @@ impl RepMatch {
         let lambda = opts.f64_or("lambda", 1.0)?;
         if !(lambda.is_finite() && lambda >= 0.0) {
             return Err(bad(format!(
-                "`representation_matching.lambda={lambda}` must be >= 0"
+                "`representation_matching.lambda={lambda}` must be a finite number >= 0"
             )));
         }
         Ok(Some(RepMatch {

@@ -1,6 +1,7 @@
 //! A trained model loaded for inference: its stored configs, its architecture and its
 //! weights, checked against each other.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
@@ -46,12 +47,9 @@ impl TrainedModel {
         let spec = ModelSpec::from_config(&model_config)?;
         let normalization =
             DatasetSpec::from_config(&dataset_config)?.normalization(spec.in_channels as usize);
-        let mut vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(Device::Cpu);
         let net = model::build(&vs.root(), &spec);
-        vs.load(weights).map_err(|e| TrainingError::Weights {
-            path: weights.display().to_string(),
-            reason: e.to_string().lines().next().unwrap_or_default().to_string(),
-        })?;
+        load_strict(&vs, weights)?;
         Ok(TrainedModel {
             key: key.to_string(),
             model_config,
@@ -115,10 +113,8 @@ pub fn init_weights(model_config: &Value, seed: i64, path: &Path) -> Result<(), 
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let _net = model::build(&vs.root(), &spec);
-    vs.save(path).map_err(|e| TrainingError::Weights {
-        path: path.display().to_string(),
-        reason: e.to_string().lines().next().unwrap_or_default().to_string(),
-    })
+    vs.save(path)
+        .map_err(|e| weights_error(path, &e.to_string()))
 }
 
 /// One training batch for [`train_steps`]: images `[N, C, H, W]` row-major and labels.
@@ -150,13 +146,9 @@ pub fn train_steps(
             batch.shape
         )));
     }
-    let mut vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(Device::Cpu);
     let net = model::build(&vs.root(), &spec);
-    let weights_error = |path: &Path, e: tch::TchError| TrainingError::Weights {
-        path: path.display().to_string(),
-        reason: e.to_string().lines().next().unwrap_or_default().to_string(),
-    };
-    vs.load(weights).map_err(|e| weights_error(weights, e))?;
+    load_strict(&vs, weights)?;
     let xs = Tensor::from_slice(batch.images).view(batch.shape);
     let ys = Tensor::from_slice(batch.labels);
     let mut opt = super::optim::Optimizer::new(&vs, &trainer);
@@ -166,7 +158,87 @@ pub fn train_steps(
             logits.f_cross_entropy_loss::<Tensor>(&ys, None, tch::Reduction::Mean, -100, 0.0)?;
         opt.backward_step(&loss);
     }
-    vs.save(out).map_err(|e| weights_error(out, e))
+    vs.save(out).map_err(|e| weights_error(out, &e.to_string()))
+}
+
+fn weights_error(path: &Path, reason: &str) -> TrainingError {
+    TrainingError::Weights {
+        path: path.display().to_string(),
+        reason: reason.lines().next().unwrap_or_default().to_string(),
+    }
+}
+
+/// Load a safetensors file into `vs` as PyTorch's strict `load_state_dict` does: every
+/// variable present with its shape, no tensor left over, floats for float variables (any
+/// float width converts), each problem named.
+pub fn load_strict(vs: &nn::VarStore, path: &Path) -> Result<(), TrainingError> {
+    let bad = |reason: String| weights_error(path, &reason);
+    if path.extension().is_none_or(|e| e != "safetensors") {
+        return Err(bad("not a `.safetensors` file; save PyTorch weights with \
+             `safetensors.torch.save_file(module.state_dict(), path)`"
+            .into()));
+    }
+    if !path.is_file() {
+        return Err(bad("no such file".into()));
+    }
+    let saved = Tensor::read_safetensors(path)
+        .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+    let mut saved: HashMap<String, Tensor> = saved.into_iter().collect();
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let missing: Vec<&str> = vars
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !saved.contains_key(*n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(format!("lacks {}", names(&missing))));
+    }
+    let mut extra: Vec<&str> = saved
+        .keys()
+        .map(String::as_str)
+        .filter(|n| vars.iter().all(|(v, _)| v != n))
+        .collect();
+    extra.sort();
+    if !extra.is_empty() {
+        return Err(bad(format!(
+            "holds tensors the model lacks: {}",
+            names(&extra)
+        )));
+    }
+    for (name, var) in &vars {
+        let t = &saved[name];
+        if t.size() != var.size() {
+            return Err(bad(format!(
+                "`{name}` has shape {:?}, the model {:?}",
+                t.size(),
+                var.size()
+            )));
+        }
+        if var.is_floating_point() != t.is_floating_point() {
+            return Err(bad(format!(
+                "`{name}` is {:?}, the model holds {:?}",
+                t.kind(),
+                var.kind()
+            )));
+        }
+    }
+    tch::no_grad(|| {
+        for (name, mut var) in vars {
+            if let Some(t) = saved.remove(&name) {
+                var.copy_(&t.to_kind(var.kind()));
+            }
+        }
+    });
+    Ok(())
+}
+
+fn names(list: &[&str]) -> String {
+    let shown: Vec<String> = list.iter().take(5).map(|n| format!("`{n}`")).collect();
+    match list.len() {
+        n if n > 5 => format!("{} and {} more", shown.join(", "), n - 5),
+        _ => shown.join(", "),
+    }
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>, TrainingError> {
