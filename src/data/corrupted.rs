@@ -101,27 +101,7 @@ impl Corrupted {
     /// The images of one corruption, every severity, as planes (`[5 n, C, H, W]`).
     pub fn load(&self, path: &Path, shape: [usize; 3]) -> Result<Split, DataError> {
         let (header, hwc) = npy::read(path, &["|u1"])?;
-        let [c, h, w] = shape;
-        let count = header.shape[0];
-        let mut pixels = vec![0u8; hwc.len()];
-        let plane = h * w;
-        for (image, out) in hwc
-            .chunks_exact(c * plane)
-            .zip(pixels.chunks_exact_mut(c * plane))
-        {
-            for (p, px) in image.chunks_exact(c).enumerate() {
-                for (ch, &v) in px.iter().enumerate() {
-                    out[ch * plane + p] = v;
-                }
-            }
-        }
-        let images = Images {
-            count,
-            channels: c,
-            rows: h,
-            cols: w,
-            pixels,
-        };
+        let images = Images::from_channels_last(&hwc, header.shape[0], shape);
         Ok(Split {
             images: Arc::new(images),
             labels: self.labels.clone(),

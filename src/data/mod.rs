@@ -497,6 +497,28 @@ impl Images {
         [self.channels, self.rows, self.cols]
     }
 
+    /// Images stored channels last (`[count, rows, cols, channels]`), as planes.
+    pub fn from_channels_last(hwc: &[u8], count: usize, shape: [usize; 3]) -> Images {
+        let [channels, rows, cols] = shape;
+        let plane = rows * cols;
+        let mut pixels = vec![0u8; hwc.len()];
+        let len = channels * plane;
+        for (image, out) in hwc.chunks_exact(len).zip(pixels.chunks_exact_mut(len)) {
+            for (p, px) in image.chunks_exact(channels).enumerate() {
+                for (c, &v) in px.iter().enumerate() {
+                    out[c * plane + p] = v;
+                }
+            }
+        }
+        Images {
+            count,
+            channels,
+            rows,
+            cols,
+            pixels,
+        }
+    }
+
     /// The pixels of image `i`.
     pub fn image(&self, i: usize) -> &[u8] {
         let len = self.sample_len();

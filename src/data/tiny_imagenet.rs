@@ -195,22 +195,7 @@ pub fn read(files: &[(PathBuf, i64)]) -> Result<(Images, Vec<i64>), DataError> {
         .par_iter()
         .map(|(path, _)| decode(path))
         .collect::<Result<_, _>>()?;
-    let plane = SIDE * SIDE;
-    let mut pixels = vec![0u8; files.len() * 3 * plane];
-    for (rgb, out) in decoded.iter().zip(pixels.chunks_exact_mut(3 * plane)) {
-        for (p, px) in rgb.chunks_exact(3).enumerate() {
-            for (c, &v) in px.iter().enumerate() {
-                out[c * plane + p] = v;
-            }
-        }
-    }
-    let images = Images {
-        count: files.len(),
-        channels: 3,
-        rows: SIDE,
-        cols: SIDE,
-        pixels,
-    };
+    let images = Images::from_channels_last(&decoded.concat(), files.len(), [3, SIDE, SIDE]);
     Ok((images, files.iter().map(|(_, l)| *l).collect()))
 }
 

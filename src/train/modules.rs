@@ -33,17 +33,11 @@ impl ReadoutReset {
     }
 
     fn parse(value: &Value) -> Result<Option<ReadoutReset>, TrainingError> {
-        let Value::Dict(_) = value else {
-            return match value {
-                Value::None => Ok(None),
-                other => Err(bad(format!(
-                    "`reset_linear_frequency` must be a dict like `{{\"epoch\": 1}}`, got `{}`",
-                    other.canonical()
-                ))),
-            };
-        };
+        let what = "a dict like `{\"epoch\": 1}`";
+        if !dict_of(value, "reset_linear_frequency", what, &["epoch", "batch"])? {
+            return Ok(None);
+        }
         let opts = Options::new(value);
-        unknown_keys(value, "reset_linear_frequency", &["epoch", "batch"])?;
         let every = |key: &str| match opts.raw(key) {
             Value::None => Ok(None),
             _ => match opts.usize_or(key, 0)? {
@@ -168,16 +162,9 @@ impl RepMatch {
     }
 
     fn parse(value: &Value) -> Result<Option<RepMatch>, TrainingError> {
-        let Value::Dict(_) = value else {
-            return match value {
-                Value::None => Ok(None),
-                other => Err(bad(format!(
-                    "`representation_matching` must be a dict, got `{}`",
-                    other.canonical()
-                ))),
-            };
-        };
-        unknown_keys(value, "representation_matching", &REP_KEYS)?;
+        if !dict_of(value, "representation_matching", "a dict", &REP_KEYS)? {
+            return Ok(None);
+        }
         let opts = Options::new(value);
         let representation = match opts.str_or("representation", "core")?.as_str() {
             "core" | "conv_rep" => Representation::Core,
@@ -253,9 +240,18 @@ fn bad(message: String) -> TrainingError {
     TrainingError::Trainer(message)
 }
 
-fn unknown_keys(value: &Value, option: &str, known: &[&str]) -> Result<(), TrainingError> {
-    let Value::Dict(items) = value else {
-        return Ok(());
+/// Whether `option` is set: `false` for `None`, `true` for a dict whose keys are all
+/// `known`, an error saying it must be `what` otherwise.
+fn dict_of(value: &Value, option: &str, what: &str, known: &[&str]) -> Result<bool, TrainingError> {
+    let items = match value {
+        Value::None => return Ok(false),
+        Value::Dict(items) => items,
+        other => {
+            return Err(bad(format!(
+                "`{option}` must be {what}, got `{}`",
+                other.canonical()
+            )))
+        }
     };
     for (key, _) in items {
         let name = match key {
@@ -270,7 +266,7 @@ fn unknown_keys(value: &Value, option: &str, known: &[&str]) -> Result<(), Train
             )));
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

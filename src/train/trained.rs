@@ -154,8 +154,7 @@ pub fn train_steps(
     let mut opt = super::optim::Optimizer::new(&vs, &trainer);
     for _ in 0..steps {
         let logits = net.forward_t(&xs, true).logits;
-        let loss =
-            logits.f_cross_entropy_loss::<Tensor>(&ys, None, tch::Reduction::Mean, -100, 0.0)?;
+        let loss = super::trainer::cross_entropy(&logits, &ys)?;
         opt.backward_step(&loss);
     }
     vs.save(out).map_err(|e| weights_error(out, &e.to_string()))

@@ -78,8 +78,7 @@ pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
         Device::cuda_if_available()
     };
     let mut vs = nn::VarStore::new(device);
-    let net = model::build(&vs.root(), input.model);
-    let model = &net;
+    let model = &model::build(&vs.root(), input.model);
     if let Some(path) = input.init_weights {
         load_previous(&mut vs, path)?;
         if input.trainer.reset_linear {
@@ -312,7 +311,8 @@ enum Which<'a> {
     Corrupted(&'a Split, std::ops::Range<usize>),
 }
 
-fn cross_entropy(logits: &Tensor, ys: &Tensor) -> Result<Tensor, tch::TchError> {
+/// The mean cross-entropy of `logits` against the labels `ys`.
+pub(super) fn cross_entropy(logits: &Tensor, ys: &Tensor) -> Result<Tensor, tch::TchError> {
     logits.f_cross_entropy_loss::<Tensor>(ys, None, tch::Reduction::Mean, -100, 0.0)
 }
 
