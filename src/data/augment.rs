@@ -19,24 +19,34 @@ pub fn augment<R: Rng>(src: &[u8], out: &mut [u8], shape: [usize; 3], rng: &mut 
     let (sin, cos) = angle.sin_cos();
     let (cy, cx) = ((rows as f64 - 1.0) / 2.0, (cols as f64 - 1.0) / 2.0);
     let plane = rows * cols;
+    let (rows_i, cols_i) = (rows as i64, cols as i64);
     for y in 0..rows {
+        // Undo the rotation (counter-clockwise on screen), then the flip, then the crop; the
+        // terms that depend on the row only are computed once per row.
+        let ry = y as f64 - cy;
+        let (row_x, row_y) = (cx - sin * ry, cy + cos * ry);
         for x in 0..cols {
-            // Undo the rotation (counter-clockwise on screen), then the flip, then the crop.
-            let (ry, rx) = (y as f64 - cy, x as f64 - cx);
-            let sx = (cos * rx - sin * ry + cx).round() as i64;
-            let sy = (sin * rx + cos * ry + cy).round() as i64;
-            let sx = if flip { cols as i64 - 1 - sx } else { sx };
+            let rx = x as f64 - cx;
+            let sx = nearest(cos * rx + row_x);
+            let sy = nearest(sin * rx + row_y);
+            let sx = if flip { cols_i - 1 - sx } else { sx };
             let (sy, sx) = (sy + dy, sx + dx);
-            let inside = (0..rows as i64).contains(&sy) && (0..cols as i64).contains(&sx);
+            let inside = (0..rows_i).contains(&sy) && (0..cols_i).contains(&sx);
+            let at = y * cols + x;
+            let from = (sy * cols_i + sx) as usize;
             for c in 0..channels {
-                out[c * plane + y * cols + x] = if inside {
-                    src[c * plane + sy as usize * cols + sx as usize]
-                } else {
-                    0
-                };
+                out[c * plane + at] = if inside { src[c * plane + from] } else { 0 };
             }
         }
     }
+}
+
+/// The nearest integer, halves rounded up. A truncating conversion after a shift that
+/// keeps the value positive: `f64::round` is a library call on CPUs without SSE4.1, and
+/// this runs once per pixel.
+fn nearest(v: f64) -> i64 {
+    const SHIFT: f64 = 1024.0;
+    (v + 0.5 + SHIFT) as i64 - SHIFT as i64
 }
 
 #[cfg(test)]

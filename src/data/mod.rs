@@ -795,6 +795,12 @@ fn prepare(plan: &StreamPlan, chunk: &[usize], seed: u64) -> Batch {
     let shape = images.shape();
     let plane = shape[1] * shape[2];
     let out_len = plan.norms.len() * plane;
+    // Each channel's normalised value of every pixel value, computed once per batch.
+    let luts: Vec<[f32; 256]> = plan
+        .norms
+        .iter()
+        .map(|norm| std::array::from_fn(|p| (p as f32 / 255.0 - norm.mean) / norm.std))
+        .collect();
     let mut x = vec![0.0f32; chunk.len() * out_len];
     x.par_chunks_mut(out_len)
         .zip(chunk.par_iter())
@@ -810,10 +816,10 @@ fn prepare(plan: &StreamPlan, chunk: &[usize], seed: u64) -> Batch {
             } else {
                 src
             };
-            for (c, (norm, out)) in plan.norms.iter().zip(out.chunks_mut(plane)).enumerate() {
+            for (c, (lut, out)) in luts.iter().zip(out.chunks_mut(plane)).enumerate() {
                 let from = c % shape[0] * plane;
                 for (o, &p) in out.iter_mut().zip(&pixels[from..from + plane]) {
-                    *o = (f32::from(p) / 255.0 - norm.mean) / norm.std;
+                    *o = lut[usize::from(p)];
                 }
             }
         });

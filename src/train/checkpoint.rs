@@ -52,11 +52,12 @@ impl Checkpoint {
             "train_stats": self.train_stats,
         })
         .to_string();
-        // Tensors on a GPU are written from host copies.
+        // Tensors on a GPU are written from host copies, in PyTorch's default layout.
         let mut host = vec![("meta".to_string(), Tensor::from_slice(meta.as_bytes()))];
         let mut add = |prefix: &str, list: &[(String, Tensor)]| {
             for (name, t) in list {
-                host.push((format!("{prefix}/{name}"), t.to_device(tch::Device::Cpu)));
+                let t = t.to_device(tch::Device::Cpu).contiguous();
+                host.push((format!("{prefix}/{name}"), t));
             }
         };
         add("model", &self.model);

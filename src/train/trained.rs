@@ -146,17 +146,20 @@ pub fn train_steps(
             batch.shape
         )));
     }
+    super::tune_allocator();
     let vs = nn::VarStore::new(Device::Cpu);
     let net = model::build(&vs.root(), &spec);
     load_strict(&vs, weights)?;
     let xs = Tensor::from_slice(batch.images).view(batch.shape);
     let ys = Tensor::from_slice(batch.labels);
+    model::set_channels_last(&vs, true);
     let mut opt = super::optim::Optimizer::new(&vs, &trainer);
     for _ in 0..steps {
         let logits = net.forward_t(&xs, true).logits;
         let loss = super::trainer::cross_entropy(&logits, &ys)?;
         opt.backward_step(&loss);
     }
+    model::set_channels_last(&vs, false);
     vs.save(out).map_err(|e| weights_error(out, &e.to_string()))
 }
 

@@ -71,6 +71,7 @@ struct Pass {
 /// Train one stage end to end.
 pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
     // 1. Model, initial weights, frozen parts.
+    super::tune_allocator();
     tch::manual_seed(input.seed as i64);
     let device = if input.trainer.force_cpu {
         Device::Cpu
@@ -89,6 +90,7 @@ pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
 
     // 2. Epochs: train, validate, keep the strictly best, step the schedule.
     let spec = input.trainer;
+    model::set_channels_last(&vs, true);
     let mut opt = Optimizer::new(&vs, spec);
     let mut schedule = Schedule::new(spec);
     let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
@@ -189,6 +191,7 @@ pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
         final_results["c_test_acc"] = acc;
         final_results["c_test_loss"] = loss;
     }
+    model::set_channels_last(&vs, false);
     Ok(StageResult {
         score: test.acc,
         output: json!([train_stats, final_results]),
@@ -469,7 +472,7 @@ fn train_epoch(
         batches as u64,
         &format!("epoch {epoch}/{}", spec.num_epochs),
     );
-    let mut tally = Tally::new();
+    let mut tally = Tally::new(device);
     for (i, batch) in stream.enumerate() {
         if (input.interrupted)() {
             return Err(TrainingError::Interrupted);
@@ -493,28 +496,34 @@ fn train_epoch(
         }
         tally.add(&logits, &ys, &ce, &modules);
         bar.inc(1);
-        bar.set_message(tally.message());
+        tally.show(&bar);
     }
     bar.finish_and_clear();
     Ok(tally.pass())
 }
 
-/// Running loss and accuracy of one pass over a split.
+/// Running loss and accuracy of one pass over a split. The sums stay on the device, so a
+/// batch does not wait for the previous one to finish there; they are read at the end of
+/// the pass, and every few batches for a visible progress bar.
 struct Tally {
-    loss_sum: f64,
-    module_loss_sum: f64,
-    correct: i64,
+    loss_sum: Tensor,
+    module_loss_sum: Tensor,
+    correct: Tensor,
     seen: usize,
     steps: usize,
     start: Instant,
 }
 
+/// Batches between updates of a visible progress bar's loss and accuracy.
+const MESSAGE_EVERY: usize = 10;
+
 impl Tally {
-    fn new() -> Tally {
+    fn new(device: Device) -> Tally {
+        let zero = || Tensor::zeros([], (Kind::Double, device));
         Tally {
-            loss_sum: 0.0,
-            module_loss_sum: 0.0,
-            correct: 0,
+            loss_sum: zero(),
+            module_loss_sum: zero(),
+            correct: Tensor::zeros([], (Kind::Int64, device)),
             seen: 0,
             steps: 0,
             start: Instant::now(),
@@ -522,28 +531,30 @@ impl Tally {
     }
 
     fn add(&mut self, logits: &Tensor, ys: &Tensor, loss: &Tensor, module_loss: &Tensor) {
-        self.loss_sum += loss.double_value(&[]);
-        self.module_loss_sum += module_loss.double_value(&[]);
-        self.correct += logits
-            .argmax(-1, false)
-            .eq_tensor(ys)
-            .sum(Kind::Int64)
-            .int64_value(&[]);
+        tch::no_grad(|| {
+            self.loss_sum += loss.to_kind(Kind::Double);
+            self.module_loss_sum += module_loss.to_kind(Kind::Double);
+            self.correct += logits.argmax(-1, false).eq_tensor(ys).sum(Kind::Int64);
+        });
         self.seen += ys.size()[0] as usize;
         self.steps += 1;
     }
 
-    fn message(&self) -> String {
-        let pass = self.pass();
-        format!("loss {:.4} acc {:.2}%", pass.loss, pass.acc)
+    /// Show the running figures on `bar` every few batches, when it is visible.
+    fn show(&self, bar: &ProgressBar) {
+        if !bar.is_hidden() && self.steps % MESSAGE_EVERY == 1 {
+            let pass = self.pass();
+            bar.set_message(format!("loss {:.4} acc {:.2}%", pass.loss, pass.acc));
+        }
     }
 
     /// Accuracy in percent, mean batch loss, throughput.
     fn pass(&self) -> Pass {
+        let steps = self.steps.max(1) as f64;
         Pass {
-            acc: 100.0 * self.correct as f64 / self.seen.max(1) as f64,
-            loss: self.loss_sum / self.steps.max(1) as f64,
-            module_loss: self.module_loss_sum / self.steps.max(1) as f64,
+            acc: 100.0 * self.correct.int64_value(&[]) as f64 / self.seen.max(1) as f64,
+            loss: self.loss_sum.double_value(&[]) / steps,
+            module_loss: self.module_loss_sum.double_value(&[]) / steps,
             images_per_s: self.seen as f64 / self.start.elapsed().as_secs_f64().max(1e-9),
         }
     }
@@ -585,7 +596,7 @@ fn evaluate(
         second: second.clone(),
     });
     tch::no_grad(|| {
-        let mut tally = Tally::new();
+        let mut tally = Tally::new(device);
         for (i, batch) in stream.enumerate() {
             if (input.interrupted)() {
                 return Err(TrainingError::Interrupted);

@@ -1,7 +1,7 @@
 //! Layers shared by the models, named and shaped as their PyTorch counterparts.
 
 use tch::nn::{self, ModuleT};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// `BatchNorm2d`: weight, bias, running mean and variance, and PyTorch's
 /// `num_batches_tracked` counter, so a state dict loads strictly both ways.
@@ -26,6 +26,36 @@ impl BatchNorm {
             let _ = tch::no_grad(|| tracked.g_add_scalar_(1));
         }
         self.inner.forward_t(xs, train)
+    }
+}
+
+/// Store the convolutions' weights (every 4-d variable) channels last, as PyTorch's
+/// `module.to(memory_format=torch.channels_last)` does, when the model is on the CPU:
+/// oneDNN then runs every convolution, forward and backward, on that layout, which is
+/// faster there. `false` brings them back to PyTorch's default layout, which saving needs.
+/// The values stay the same; only their order in memory changes.
+pub fn set_channels_last(vs: &nn::VarStore, channels_last: bool) {
+    if vs.device() != Device::Cpu {
+        return;
+    }
+    for (_, mut var) in vs.variables() {
+        if var.dim() != 4 {
+            continue;
+        }
+        let data = match channels_last {
+            // Explicit strides: a permuted copy would keep the old strides of a size-1
+            // dimension (a first layer on one channel), and oneDNN reads the layout from them.
+            true => {
+                let size = var.size();
+                let (c, h, w) = (size[1], size[2], size[3]);
+                let strides = [h * w * c, 1, w * c, c];
+                let mut out = Tensor::empty_strided(&size, strides, (var.kind(), Device::Cpu));
+                out.copy_(&var);
+                out
+            }
+            false => var.contiguous(),
+        };
+        tch::no_grad(|| var.set_data(&data.detach()));
     }
 }
 

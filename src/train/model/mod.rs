@@ -11,7 +11,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::{Arch, ModelSpec};
 
-pub use layers::reset_readout;
+pub use layers::{reset_readout, set_channels_last};
 
 /// Named outputs of a forward pass.
 pub struct Outputs {
