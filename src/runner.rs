@@ -13,6 +13,7 @@ use crate::store::{
     Artifacts, ChainStageRow, CheckpointRef, Claim, ConfigKeys, ConfigRow, ConfigTable, Fabrikant,
     JobSpec, Store, StoreError, TrainedRow, Worker,
 };
+use crate::train::throughput::{self, Measure};
 use crate::train::trained::TrainedModel;
 use crate::train::trainer::{train_stage, CheckpointSink, StageInput};
 use crate::train::{ModelSpec, TrainerSpec, TrainingError};
@@ -980,6 +981,37 @@ fn train_one(
         output: result.output.to_string(),
         weights,
     })
+}
+
+/// Images per second of training the stage the three configs describe, on its data found
+/// as a run finds it (relative to `work_dir`, or in `data_dir`), over `steps` batches after
+/// `warmup` untimed ones: through the trainer's own loop, or at the compute floor.
+pub fn throughput(
+    configs: [&Value; 3],
+    (work_dir, data_dir): (&Path, Option<&Path>),
+    seed: u64,
+    (warmup, steps): (usize, usize),
+    measure: Measure,
+) -> Result<f64, RunError> {
+    let [dataset, model, trainer] = configs;
+    let (dataset, model) = (
+        DatasetSpec::from_config(dataset)?,
+        ModelSpec::from_config(model)?,
+    );
+    let trainer = TrainerSpec::from_config(trainer)?;
+    fits(&dataset, &model)?;
+    let files = dataset.locate(work_dir, data_dir)?;
+    let raw = RawData::load(&files, dataset.family)?;
+    dataset.check_split(raw.train.images.count)?;
+    let data = Dataset::new(&dataset, &raw, seed, model.in_channels as usize);
+    Ok(throughput::throughput(
+        &data,
+        &model,
+        &trainer,
+        seed,
+        (warmup, steps),
+        measure,
+    )?)
 }
 
 /// Load the trained model whose key is `key`, or the only one whose key starts with it,

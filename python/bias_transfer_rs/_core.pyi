@@ -37,6 +37,7 @@ __all__ = [
     "resolve_pins",
     "run_plan",
     "train_steps",
+    "train_throughput",
     "trained_models",
     "validate_schema",
     "working_tree_state",
@@ -164,6 +165,17 @@ def train_steps(
     steps: int,
     out: str | PathLike[str],
 ) -> None: ...
+def train_throughput(
+    dataset_config: dict[str, Any],
+    model_config: dict[str, Any],
+    trainer_config: dict[str, Any],
+    work_dir: str | PathLike[str],
+    seed: int,
+    warmup: int,
+    steps: int,
+    floor: bool = False,
+    data_dir: str | PathLike[str] | None = None,
+) -> float: ...
 def init_weights(
     model_config: dict[str, Any], seed: int, path: str | PathLike[str]
 ) -> None: ...

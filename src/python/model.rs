@@ -10,6 +10,7 @@ use numpy::{
 use pyo3::prelude::*;
 
 use super::{run_error, to_python, to_value, TrainingError};
+use crate::train::throughput::Measure;
 use crate::train::trained::TrainedModel as CoreModel;
 
 /// A trained model on the CPU: `forward` runs it on float32 images.
@@ -201,7 +202,49 @@ fn train_steps(
     .map_err(training_error)
 }
 
+/// Images per second of training the stage of `dataset_config`, `model_config` and
+/// `trainer_config` on its data (found from `work_dir` as a run finds it, or in `data_dir`):
+/// `steps` timed batches after `warmup` untimed ones, through the trainer's own loop, or
+/// with `floor` at the compute floor (forward, backward and step on batches prepared
+/// beforehand).
+#[pyfunction]
+#[pyo3(signature = (dataset_config, model_config, trainer_config, work_dir, seed, warmup, steps, floor=false, data_dir=None))]
+#[allow(clippy::too_many_arguments)]
+fn train_throughput(
+    py: Python<'_>,
+    dataset_config: &Bound<'_, PyAny>,
+    model_config: &Bound<'_, PyAny>,
+    trainer_config: &Bound<'_, PyAny>,
+    work_dir: PathBuf,
+    seed: u64,
+    warmup: usize,
+    steps: usize,
+    floor: bool,
+    data_dir: Option<PathBuf>,
+) -> PyResult<f64> {
+    let configs = [
+        to_value(dataset_config)?,
+        to_value(model_config)?,
+        to_value(trainer_config)?,
+    ];
+    let measure = match floor {
+        true => Measure::Floor,
+        false => Measure::Pipeline,
+    };
+    py.allow_threads(|| {
+        crate::runner::throughput(
+            [&configs[0], &configs[1], &configs[2]],
+            (&work_dir, data_dir.as_deref()),
+            seed,
+            (warmup, steps),
+            measure,
+        )
+    })
+    .map_err(run_error)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(train_throughput, m)?)?;
     m.add_function(wrap_pyfunction!(train_steps, m)?)?;
     m.add_class::<TrainedModel>()?;
     m.add_function(wrap_pyfunction!(load_trained, m)?)?;

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod model;
 pub mod modules;
 pub mod optim;
+pub mod throughput;
 pub mod trained;
 pub mod trainer;
 

@@ -60,7 +60,7 @@ pub struct StageResult {
 
 /// Accuracy (percent) and mean batch loss of one pass.
 #[derive(Clone, Copy, Debug)]
-struct Pass {
+pub(super) struct Pass {
     acc: f64,
     loss: f64,
     /// Mean batch loss of the main-loop modules (weighted as in training).
@@ -428,7 +428,7 @@ fn second_view(input: &StageInput, device: Device) -> Option<SecondView> {
         })
 }
 
-fn train_epoch(
+pub(super) fn train_epoch(
     input: &StageInput,
     model: &Model,
     vs: &nn::VarStore,
