@@ -490,7 +490,11 @@ pub(super) fn train_epoch(
         let done = (epoch - 1) * batches + i;
         let progress = done as f64 / (spec.num_epochs * batches).max(1) as f64;
         let (logits, ce, modules) = batch_loss(input, model, &views, &ys, true, progress)?;
-        opt.backward_step(&(&ce + &modules));
+        // Without a main-loop module the sum is the cross-entropy itself: skip the add.
+        match modules.requires_grad() {
+            true => opt.backward_step(&(&ce + &modules)),
+            false => opt.backward_step(&ce),
+        }
         if reset.is_some_and(|r| r.after_batch(i)) {
             model::reset_readout(vs);
         }
