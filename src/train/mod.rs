@@ -50,8 +50,8 @@ fn first_line(err: &tch::TchError) -> String {
 /// top of the heap goes back to it, so every step pays page faults on zeroed pages. Here
 /// blocks up to 32 MiB (the most glibc allows) stay in the heap, and the heap shrinks only
 /// when more than 2 GiB lie free at its top; a training process keeps its peak memory.
-/// Measured on 2 CPU cores: the small CNN trains 20% to 30% faster, ResNet-18 15% to 20%
-/// (`docs/PERFORMANCE.md`).
+/// Measured on 2 CPU cores: ResNet-18's steps about 18% faster, the small CNN's, with small
+/// activations, about 1% (`docs/PERFORMANCE.md`).
 pub fn tune_allocator() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
