@@ -96,6 +96,23 @@ def optimizer(module: nn.Module, trainer_config: dict[str, Any]) -> torch.optim.
                            momentum=trainer_config.get("momentum", 0.9))
 
 
+def batch_size(stage: Stage) -> int:
+    return int(stage.dataset_config.get("batch_size", 128))
+
+
+def check_batches(stage: Stage, warmup: int, steps: int) -> None:
+    """Refuse what the Rust core refuses: no timed batch, or more batches than the training
+    split holds in full."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"`steps` must be at least 1 and `warmup` at least 0, not {steps} "
+                         f"and {warmup}")
+    size = batch_size(stage)
+    full = len(stage.train_indices) // size
+    if full < max(warmup, steps):
+        raise ValueError(f"the training split holds {full} full batches of {size}, fewer "
+                         f"than the {max(warmup, steps)} asked for")
+
+
 def build(stage: Stage, seed: int) -> tuple[nn.Module, torch.optim.Optimizer, torch.device]:
     torch.manual_seed(seed)
     device = device_of(stage.trainer_config)
@@ -111,11 +128,12 @@ def logits(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 def train(stage: Stage, augment: bool, warmup: int, steps: int, seed: int) -> float:
     """Images per second of the original's loop over `steps` batches of a fresh epoch,
     after a first epoch cut short after `warmup` batches."""
+    check_batches(stage, warmup, steps)
     module, opt, device = build(stage, seed)
     criterion = nn.CrossEntropyLoss()
     data = ImageArrays(stage.images, stage.labels, transform(stage, augment))
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(data, batch_size=int(stage.dataset_config.get("batch_size", 128)),
+    loader = DataLoader(data, batch_size=batch_size(stage),
                         sampler=SubsetRandomSampler(stage.train_indices.tolist(), generator),
                         num_workers=1, pin_memory=device.type == "cuda")
 
@@ -148,11 +166,12 @@ def floor(stage: Stage, warmup: int, steps: int, seed: int, batches: int = 4,
     """Images per second of forward, backward and step alone, on `batches` batches made
     beforehand and already on the device; with `channels_last`, model and batches in that
     memory format."""
+    check_batches(stage, warmup, steps)
     module, opt, device = build(stage, seed)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     module = module.to(memory_format=layout)
     criterion = nn.CrossEntropyLoss()
-    size = int(stage.dataset_config.get("batch_size", 128))
+    size = batch_size(stage)
     prepare = transform(stage, augment=False)
     data = ImageArrays(stage.images, stage.labels, prepare)
     made = []

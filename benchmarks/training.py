@@ -67,15 +67,19 @@ def workloads(args: argparse.Namespace, cifar_dir: Path) -> list[Workload]:
         {"dataset_cls": "FashionMNIST", "data_dir": args.fashion_dir, "input_size": 28},
         {"cnn_builder": "cnn", "dataset_cls": "FashionMNIST", "input_size": 28,
          "num_classes": 10},
-        args.warmup or 5, args.steps or 60)
+        default(args.warmup, 5), default(args.steps, 60))
     resnet = Workload(
         "ResNet-18, CIFAR-10" + ("" if args.cifar_dir else " shaped"),
         {"dataset_cls": "CIFAR10", "data_dir": str(cifar_dir), "input_size": 32},
         {"cnn_builder": "resnet", "type": "18", "dataset_cls": "CIFAR10", "input_size": 32,
          "num_classes": 10},
-        args.warmup or 2, args.steps or 8)
+        default(args.warmup, 2), default(args.steps, 8))
     chosen = {"cnn": cnn, "resnet18": resnet}
     return [chosen[m] for m in args.models]
+
+
+def default(value: int | None, otherwise: int) -> int:
+    return otherwise if value is None else value
 
 
 def write_cifar_shaped(root: Path, n_train: int, n_test: int = 200) -> None:
@@ -156,8 +160,20 @@ def spawn(work: Workload, what: str, env: dict[str, str], augment: bool, seed: i
     job = {"work": asdict(work), "what": what, "augment": augment, "seed": seed,
            "threads": threads}
     out = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)],
-                         env={**os.environ, **env}, check=True, capture_output=True, text=True)
+                         env={**os.environ, **env}, capture_output=True, text=True)
+    if out.returncode != 0:
+        # The child's own error is its last line (the exception and its message).
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        raise SystemExit(f"{work.name}, {what}: {lines[-1]}")
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def check(work: Workload) -> None:
+    """Read the workload's data once and check its size here, before any run is spawned."""
+    try:
+        reference_torch.check_batches(stage(work, False), work.warmup, work.steps)
+    except (ValueError, _core.DataError, _core.TrainingError) as err:
+        raise SystemExit(f"{work.name}: {err}") from None
 
 
 def measure(args: argparse.Namespace, work: Workload) -> dict[str, list[float]]:
@@ -216,16 +232,25 @@ def table(results: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join([*lines, "", *floors])
 
 
+def at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=["cnn", "resnet18"],
                         default=["cnn", "resnet18"])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per contender")
-    parser.add_argument("--steps", type=int, help="timed batches per run (default: 60 for "
-                        "the CNN, 8 for ResNet-18)")
-    parser.add_argument("--warmup", type=int, help="untimed batches before (5 and 2)")
-    parser.add_argument("--threads", type=int, help="libtorch intra-op threads (default: "
-                        "torch's own choice)")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="runs per contender")
+    parser.add_argument("--steps", type=at_least(1), help="timed batches per run (default: 60 "
+                        "for the CNN, 8 for ResNet-18)")
+    parser.add_argument("--warmup", type=at_least(0), help="untimed batches before (5 and 2)")
+    parser.add_argument("--threads", type=at_least(1), help="libtorch intra-op threads "
+                        "(default: torch's own choice)")
     parser.add_argument("--fashion-dir", default=FASHION)
     parser.add_argument("--cifar-dir", help="a CIFAR-10 folder; random images otherwise")
     parser.add_argument("--json", type=Path, help="also write every run's figure here")
@@ -233,6 +258,8 @@ def main() -> None:
                         "floor under each change that may lift it")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.json and not args.json.parent.is_dir():
+        parser.error(f"--json: no folder `{args.json.parent}`")
     if args.one:
         job = json.loads(args.one)
         if job["threads"]:
@@ -248,10 +275,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cifar_dir = Path(args.cifar_dir or tmp)
         if not args.cifar_dir and "resnet18" in args.models:
-            batches = 2 * ((args.steps or 8) + (args.warmup or 2))
+            batches = 2 * (default(args.steps, 8) + default(args.warmup, 2))
             write_cifar_shaped(cifar_dir, n_train=128 * batches)
+        chosen = workloads(args, cifar_dir)
+        for work in chosen:
+            check(work)
         results = {}
-        for work in workloads(args, cifar_dir):
+        for work in chosen:
             print(f"{work.name}: {work.warmup} warm-up and {work.steps} timed batches of 128 "
                   "per run", flush=True)
             results[work.name] = (measure_variants if args.variants else measure)(args, work)

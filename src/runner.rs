@@ -985,13 +985,15 @@ fn train_one(
 
 /// Images per second of training the stage the three configs describe, on its data found
 /// as a run finds it (relative to `work_dir`, or in `data_dir`), over `steps` batches after
-/// `warmup` untimed ones: through the trainer's own loop, or at the compute floor.
+/// `warmup` untimed ones: through the trainer's own loop, or at the compute floor, until
+/// `interrupted` says to stop.
 pub fn throughput(
     configs: [&Value; 3],
     (work_dir, data_dir): (&Path, Option<&Path>),
     seed: u64,
     (warmup, steps): (usize, usize),
     measure: Measure,
+    interrupted: &(dyn Fn() -> bool + Sync),
 ) -> Result<f64, RunError> {
     let [dataset, model, trainer] = configs;
     let (dataset, model) = (
@@ -1011,6 +1013,7 @@ pub fn throughput(
         seed,
         (warmup, steps),
         measure,
+        interrupted,
     )?)
 }
 

@@ -216,7 +216,7 @@ fn plan_and_options(
 }
 
 /// Run Python's signal handlers (Ctrl-C) from inside a long Rust call.
-fn python_interrupted() -> bool {
+pub(crate) fn python_interrupted() -> bool {
     Python::with_gil(|py| py.check_signals().is_err())
 }
 

@@ -7,9 +7,11 @@ use numpy::ndarray::{Array2, ArrayD, IxDyn};
 use numpy::{
     IntoPyArray, PyArray2, PyArrayDyn, PyReadonlyArray1, PyReadonlyArray4, PyUntypedArrayMethods,
 };
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
-use super::{run_error, to_python, to_value, TrainingError};
+use super::{python_interrupted, run_error, to_python, to_value, TrainingError};
 use crate::train::throughput::Measure;
 use crate::train::trained::TrainedModel as CoreModel;
 
@@ -206,7 +208,7 @@ fn train_steps(
 /// `trainer_config` on its data (found from `work_dir` as a run finds it, or in `data_dir`):
 /// `steps` timed batches after `warmup` untimed ones, through the trainer's own loop, or
 /// with `floor` at the compute floor (forward, backward and step on batches prepared
-/// beforehand).
+/// beforehand). Ctrl-C stops it between batches.
 #[pyfunction]
 #[pyo3(signature = (dataset_config, model_config, trainer_config, work_dir, seed, warmup, steps, floor=false, data_dir=None))]
 #[allow(clippy::too_many_arguments)]
@@ -222,10 +224,17 @@ fn train_throughput(
     floor: bool,
     data_dir: Option<PathBuf>,
 ) -> PyResult<f64> {
+    let dict = |name: &str, obj: &Bound<'_, PyAny>| match obj.downcast::<PyDict>() {
+        Ok(_) => to_value(obj),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "`{name}` must be a dict, not {}",
+            obj.get_type().name()?
+        ))),
+    };
     let configs = [
-        to_value(dataset_config)?,
-        to_value(model_config)?,
-        to_value(trainer_config)?,
+        dict("dataset_config", dataset_config)?,
+        dict("model_config", model_config)?,
+        dict("trainer_config", trainer_config)?,
     ];
     let measure = match floor {
         true => Measure::Floor,
@@ -238,6 +247,7 @@ fn train_throughput(
             seed,
             (warmup, steps),
             measure,
+            &python_interrupted,
         )
     })
     .map_err(run_error)

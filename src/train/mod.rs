@@ -28,6 +28,8 @@ pub enum TrainingError {
     Data(#[from] DataError),
     #[error("libtorch: {}", first_line(.0))]
     Torch(#[from] tch::TchError),
+    #[error("throughput: {0}")]
+    Throughput(String),
     #[error("training stopped unexpectedly: {0}")]
     Panic(String),
     #[error("interrupted")]

@@ -21,7 +21,8 @@ pub enum Measure {
     Floor,
 }
 
-/// Images per second over `steps` batches, after `warmup` batches that are not timed.
+/// Images per second over `steps` batches, after `warmup` batches that are not timed;
+/// `interrupted` is polled between batches.
 pub fn throughput(
     dataset: &Dataset,
     model_spec: &ModelSpec,
@@ -29,14 +30,17 @@ pub fn throughput(
     seed: u64,
     (warmup, steps): (usize, usize),
     measure: Measure,
+    interrupted: &(dyn Fn() -> bool + Sync),
 ) -> Result<f64, TrainingError> {
     if steps == 0 {
-        return Err(TrainingError::Trainer("`steps` must be at least 1".into()));
+        return Err(TrainingError::Throughput(
+            "`steps` must be at least 1".into(),
+        ));
     }
     let batch_size = dataset.spec.batch_size;
     let available = dataset.train_indices.len() / batch_size.max(1);
     if available < warmup.max(steps) {
-        return Err(TrainingError::Trainer(format!(
+        return Err(TrainingError::Throughput(format!(
             "the training split holds {available} full batches of {batch_size}, fewer than the \
              {} asked for",
             warmup.max(steps)
@@ -54,9 +58,14 @@ pub fn throughput(
     model::set_channels_last(&vs, true);
     let mut opt = Optimizer::new(&vs, trainer);
     if measure == Measure::Floor {
-        return floor(dataset, &net, &mut opt, device, (warmup, steps));
+        return floor(
+            dataset,
+            &net,
+            &mut opt,
+            (device, interrupted),
+            (warmup, steps),
+        );
     }
-    let never = || false;
     let mut input = StageInput {
         dataset,
         model: model_spec,
@@ -66,7 +75,7 @@ pub fn throughput(
         init_weights: None,
         label: String::new(),
         quiet: true,
-        interrupted: &never,
+        interrupted,
         resume: None,
         on_checkpoint: None,
     };
@@ -86,7 +95,7 @@ fn floor(
     dataset: &Dataset,
     net: &model::Model,
     opt: &mut Optimizer,
-    device: Device,
+    (device, interrupted): (Device, &(dyn Fn() -> bool + Sync)),
     (warmup, steps): (usize, usize),
 ) -> Result<f64, TrainingError> {
     let batch_size = dataset.spec.batch_size;
@@ -112,6 +121,9 @@ fn floor(
         })
         .collect();
     let mut step = |i: usize| -> Result<(), TrainingError> {
+        if interrupted() {
+            return Err(TrainingError::Interrupted);
+        }
         let (xs, ys) = &batches[i % batches.len()];
         let loss = cross_entropy(&net.forward_t(xs, true).logits, ys)?;
         opt.backward_step(&loss);
