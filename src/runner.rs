@@ -378,10 +378,13 @@ fn check_stage(
     let dataset = DatasetSpec::from_config(&stage.dataset.config).map_err(RunError::from);
     let model = ModelSpec::from_config(&stage.model.config).map_err(RunError::from);
     let trainer = TrainerSpec::from_config(&stage.trainer.config).map_err(RunError::from);
-    let data = dataset
-        .as_ref()
-        .ok()
-        .map(|spec| load_data(spec, options, cache));
+    let data = dataset.as_ref().ok().map(|spec| {
+        load_data(
+            spec,
+            (&options.work_dir, options.data_dir.as_deref()),
+            cache,
+        )
+    });
     match (dataset, model, trainer, data) {
         (Ok(dataset), Ok(model), Ok(trainer), Some(Ok(data))) => {
             fits(&dataset, &model).map_err(|e| vec![e])?;
@@ -429,10 +432,10 @@ fn fits(dataset: &DatasetSpec, model: &ModelSpec) -> Result<(), RunError> {
 
 fn load_data(
     spec: &DatasetSpec,
-    options: &RunOptions,
+    (work_dir, data_dir): (&Path, Option<&Path>),
     cache: &mut DataCache,
 ) -> Result<RawData, RunError> {
-    let files = spec.locate(&options.work_dir, options.data_dir.as_deref())?;
+    let files = spec.locate(work_dir, data_dir)?;
     let data = match cache.get(files.key()) {
         Some(data) => data.clone(),
         None => {
@@ -442,7 +445,7 @@ fn load_data(
         }
     };
     spec.check_split(data.train.images.count)?;
-    let corrupted = spec.locate_corrupted(&options.work_dir, options.data_dir.as_deref())?;
+    let corrupted = spec.locate_corrupted(work_dir, data_dir)?;
     Ok(RawData { corrupted, ..data })
 }
 
@@ -1002,9 +1005,7 @@ pub fn throughput(
     );
     let trainer = TrainerSpec::from_config(trainer)?;
     fits(&dataset, &model)?;
-    let files = dataset.locate(work_dir, data_dir)?;
-    let raw = RawData::load(&files, dataset.family)?;
-    dataset.check_split(raw.train.images.count)?;
+    let raw = load_data(&dataset, (work_dir, data_dir), &mut DataCache::new())?;
     let data = Dataset::new(&dataset, &raw, seed, model.in_channels as usize);
     Ok(throughput::throughput(
         &data,

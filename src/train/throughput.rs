@@ -8,7 +8,7 @@ use tch::{nn, Device, Tensor};
 
 use super::model;
 use super::optim::Optimizer;
-use super::trainer::{cross_entropy, train_epoch, StageInput};
+use super::trainer::{cross_entropy, device, train_epoch, StageInput};
 use super::{ModelSpec, TrainerSpec, TrainingError};
 use crate::data::{BatchStream, Dataset, StreamPlan};
 
@@ -48,11 +48,7 @@ pub fn throughput(
     }
     super::tune_allocator();
     tch::manual_seed(seed as i64);
-    let device = if trainer.force_cpu {
-        Device::Cpu
-    } else {
-        Device::cuda_if_available()
-    };
+    let device = device(trainer);
     let vs = nn::VarStore::new(device);
     let net = model::build(&vs.root(), model_spec);
     model::set_channels_last(&vs, true);

@@ -73,11 +73,7 @@ pub fn train_stage(input: &StageInput) -> Result<StageResult, TrainingError> {
     // 1. Model, initial weights, frozen parts.
     super::tune_allocator();
     tch::manual_seed(input.seed as i64);
-    let device = if input.trainer.force_cpu {
-        Device::Cpu
-    } else {
-        Device::cuda_if_available()
-    };
+    let device = device(input.trainer);
     let mut vs = nn::VarStore::new(device);
     let model = &model::build(&vs.root(), input.model);
     if let Some(path) = input.init_weights {
@@ -426,6 +422,14 @@ fn second_view(input: &StageInput, device: Device) -> Option<SecondView> {
             Some(spec) if !device.is_cuda() => SecondView::Noise(spec.clone()),
             _ => SecondView::Clean,
         })
+}
+
+/// Where a stage trains: CUDA when present, unless the trainer forces the CPU.
+pub(super) fn device(trainer: &TrainerSpec) -> Device {
+    match trainer.force_cpu {
+        true => Device::Cpu,
+        false => Device::cuda_if_available(),
+    }
 }
 
 pub(super) fn train_epoch(
